@@ -1,0 +1,312 @@
+"""Abstract base classes for the five kinds of component.
+
+Every component declares, as class attributes:
+
+``name``       plugin name, unique within its kind (``"chgnet"``)
+``kind``       one of :class:`Kind` (set by the kind's base class)
+``version``    the component's own version string
+``Config``     a :class:`ComponentConfig` subclass (pydantic, ``extra="forbid"``)
+``consumes``   the representation it reads (``"crystal"`` for the raw batch)
+``produces``   what it returns (``"crystal"``, ``"energy+forces+stress"``, ...)
+``devices``    device types it runs on (``("cpu", "cuda")``)
+``weights``    names of the weights it can load (see :mod:`crystal.weights`)
+
+:func:`abc.abstractmethod` enforces the kind's methods; ``__init_subclass__`` enforces
+the declarations on every concrete subclass, so a plugin that forgets one fails at import
+with a message naming the class and the attribute.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from crystal.batch import CrystalBatch
+from crystal.device import resolve_device
+from crystal.errors import ConfigError
+
+__all__ = [
+    "Characterizer",
+    "Component",
+    "ComponentConfig",
+    "Encoder",
+    "GenerationConditions",
+    "Generator",
+    "Kind",
+    "Potential",
+    "PotentialOutput",
+    "Representation",
+]
+
+
+class Kind(str, enum.Enum):
+    """The five kinds of component; the value is the entry-point group suffix."""
+
+    REPRESENTATION = "representations"
+    ENCODER = "encoders"
+    GENERATOR = "generators"
+    CHARACTERIZER = "characterizers"
+    POTENTIAL = "potentials"
+
+    @property
+    def group(self) -> str:
+        """Entry-point group, e.g. ``crystal.potentials``."""
+        return f"crystal.{self.value}"
+
+    @property
+    def singular(self) -> str:
+        return self.value[:-1]
+
+    @classmethod
+    def parse(cls, value: str | Kind) -> Kind:
+        """Accept ``"potential"``, ``"potentials"`` or a :class:`Kind`."""
+        if isinstance(value, Kind):
+            return value
+        v = value.strip().lower()
+        for k in cls:
+            if v in (k.value, k.singular):
+                return k
+        allowed = ", ".join(k.singular for k in cls)
+        raise ConfigError(f"unknown component kind {value!r}; allowed: {allowed}")
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component config: unknown fields are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+_REQUIRED = ("name", "version", "Config")
+
+
+class Component(abc.ABC):
+    """Common base: declarations, config validation and device placement."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Kind]
+    version: ClassVar[str]
+    Config: ClassVar[type[ComponentConfig]] = ComponentConfig
+    consumes: ClassVar[str] = "crystal"
+    produces: ClassVar[str] = "crystal"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    weights: ClassVar[tuple[str, ...]] = ()
+    default_weights: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("__abstract_base__", False) or _still_abstract(cls):
+            return
+        for attr in _REQUIRED:
+            if attr not in vars(cls) and not any(
+                attr in vars(base) for base in cls.__mro__[1:] if base not in _BASES
+            ):
+                raise TypeError(f"component class {cls.__module__}.{cls.__qualname__} must declare {attr!r}")
+        if not (isinstance(cls.Config, type) and issubclass(cls.Config, ComponentConfig)):
+            raise TypeError(f"{cls.__qualname__}.Config must subclass crystal.ComponentConfig")
+        if cls.Config.model_config.get("extra") != "forbid":
+            raise TypeError(f"{cls.__qualname__}.Config must keep extra='forbid'")
+        if cls.default_weights is not None and cls.default_weights not in cls.weights:
+            raise TypeError(
+                f"{cls.__qualname__}.default_weights {cls.default_weights!r} is not in weights {cls.weights}"
+            )
+
+    def __init__(self, config: ComponentConfig | Mapping[str, Any] | None = None, *, device: str = "auto", **overrides: Any) -> None:
+        self.config = self.make_config(config, **overrides)
+        self.device = resolve_device(device)
+        if self.device.type not in self.devices:
+            raise ConfigError(f"{self.kind.singular} {self.name!r} supports devices {self.devices}, not {self.device.type!r}")
+
+    @classmethod
+    def make_config(cls, config: ComponentConfig | Mapping[str, Any] | None = None, **overrides: Any) -> ComponentConfig:
+        """Validate ``config`` (a model, a dict or ``None``) plus keyword overrides."""
+        if isinstance(config, ComponentConfig):
+            if not isinstance(config, cls.Config):
+                raise ConfigError(f"{cls.name}: expected {cls.Config.__name__}, got {type(config).__name__}")
+            data = config.model_dump()
+        else:
+            data = dict(config or {})
+        data.update(overrides)
+        try:
+            return cls.Config.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation(exc, f"{cls.kind.singular} {cls.name!r}")) from None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r}, config={self.config!r})"
+
+
+def _still_abstract(cls: type) -> bool:
+    """True when ``cls`` leaves an abstract method unimplemented.
+
+    ``ABCMeta`` computes ``__abstractmethods__`` only after ``__init_subclass__`` runs,
+    so the check is done here by hand.
+    """
+    names: set[str] = set()
+    for base in cls.__mro__[1:]:
+        names |= set(getattr(base, "__abstractmethods__", ()))
+    names |= {n for n, v in vars(cls).items() if getattr(v, "__isabstractmethod__", False)}
+    return any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in names)
+
+
+def _format_validation(exc: ValidationError, where: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown parameter"
+        parts.append(f"{where}: field {loc!r}: {msg}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- kinds
+class Representation(Component):
+    """Turns a :class:`CrystalBatch` into model input (graph, tokens, pattern ...)."""
+
+    __abstract_base__ = True
+    kind = Kind.REPRESENTATION
+
+    @abc.abstractmethod
+    def represent(self, batch: CrystalBatch) -> Mapping[str, torch.Tensor]:
+        """Return named tensors describing ``batch`` (shapes documented by the plugin)."""
+
+
+class Encoder(Component):
+    """A property predictor: crystals in, named per-crystal (or per-atom) values out."""
+
+    __abstract_base__ = True
+    kind = Kind.ENCODER
+    produces = "properties"
+
+    @property
+    @abc.abstractmethod
+    def targets(self) -> tuple[str, ...]:
+        """Names of the predicted properties, keys of :meth:`predict`'s result."""
+
+    @abc.abstractmethod
+    def predict(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
+        """Predict every target for ``batch``.
+
+        Returns ``{target: tensor}`` with shape ``(B,)`` or ``(B, k)`` for per-crystal
+        targets and ``(N, ...)`` for per-atom ones, in the target's declared unit.
+        """
+
+
+@dataclass(frozen=True)
+class GenerationConditions:
+    """What a generator is asked for; fields a generator cannot honour must raise.
+
+    ``composition``  reduced formula or element list, e.g. ``"LiFePO4"``
+    ``chemical_system``  elements to draw compositions from, e.g. ``("Li", "Fe", "O")``
+    ``formula_units``  number of formula units ``Z`` per cell
+    ``space_groups``  international numbers (1–230) to sample from
+    """
+
+    composition: str | None = None
+    chemical_system: tuple[str, ...] | None = None
+    formula_units: tuple[int, ...] | None = None
+    space_groups: tuple[int, ...] | None = None
+
+
+class Generator(Component):
+    """Proposes crystals, optionally conditioned (composition, space group, ...)."""
+
+    __abstract_base__ = True
+    kind = Kind.GENERATOR
+    consumes = "conditions"
+
+    @abc.abstractmethod
+    def generate(self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None) -> CrystalBatch:
+        """Return up to ``num_samples`` crystals (``B <= num_samples``), reproducible for a seed.
+
+        Generators that may fail on some attempts return fewer crystals and record the
+        failures in the returned batch's ``info`` of no crystal (they are simply absent);
+        they never return invalid geometry.
+        """
+
+
+class Characterizer(Component):
+    """Signal → structure information (e.g. an XRD pattern → space-group probabilities)."""
+
+    __abstract_base__ = True
+    kind = Kind.CHARACTERIZER
+    produces = "hypotheses"
+
+    @abc.abstractmethod
+    def characterize(self, signals: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map ``(B, L)`` signals on the representation's grid to named ``(B, C)`` scores.
+
+        Scores are probabilities over the classes listed by :meth:`labels`.
+        """
+
+    @abc.abstractmethod
+    def labels(self, head: str) -> list[str]:
+        """Class names of output ``head`` (length ``C``)."""
+
+
+@dataclass
+class PotentialOutput:
+    """Outputs of a potential for a batch of ``B`` crystals with ``N`` atoms.
+
+    ``energy``  (B,)      total energy per crystal, eV
+    ``forces``  (N, 3)    eV/Å, or ``None`` when not requested
+    ``stress``  (B, 3, 3) eV/Å³, ASE sign convention (``σ = (1/V) ∂E/∂ε``; positive
+                          means tensile, the cell wants to shrink), or ``None``
+    """
+
+    energy: torch.Tensor
+    forces: torch.Tensor | None = None
+    stress: torch.Tensor | None = None
+
+
+class Potential(Component):
+    """An interatomic potential: energy, forces and stress of whole batches."""
+
+    __abstract_base__ = True
+    kind = Kind.POTENTIAL
+    produces = "energy+forces+stress"
+    #: atomic numbers the potential covers (``None`` = all)
+    elements: ClassVar[frozenset[int] | None] = None
+
+    @abc.abstractmethod
+    def compute(self, batch: CrystalBatch, *, forces: bool = True, stress: bool = True) -> PotentialOutput:
+        """Evaluate the potential on ``batch`` (already on :attr:`device`)."""
+
+    def energy(self, batch: CrystalBatch) -> torch.Tensor:
+        """(B,) total energies, eV."""
+        return self.compute(batch, forces=False, stress=False).energy
+
+    def forces(self, batch: CrystalBatch) -> torch.Tensor:
+        """(N, 3) forces, eV/Å."""
+        out = self.compute(batch, forces=True, stress=False)
+        assert out.forces is not None
+        return out.forces
+
+    def stress(self, batch: CrystalBatch) -> torch.Tensor:
+        """(B, 3, 3) stress, eV/Å³ (ASE sign convention)."""
+        out = self.compute(batch, forces=False, stress=True)
+        assert out.stress is not None
+        return out.stress
+
+    def check_elements(self, batch: CrystalBatch) -> None:
+        """Raise :class:`~crystal.errors.StructureError` naming elements outside :attr:`elements`."""
+        if self.elements is None:
+            return
+        present = set(torch.unique(batch.atomic_numbers).tolist())
+        missing = sorted(present - set(self.elements))
+        if missing:
+            from crystal.errors import StructureError
+            from crystal.elements import symbol
+
+            raise StructureError(
+                f"potential {self.name!r} does not cover element(s) {', '.join(symbol(z) for z in missing)}"
+            )
+
+
+_BASES = {Component, Representation, Encoder, Generator, Characterizer, Potential}

@@ -1,0 +1,279 @@
+"""Batched structure relaxation: FIRE with a Fréchet (exp-log) cell filter, on the device.
+
+Many crystals are relaxed at once with any :class:`~crystal.components.Potential`; each
+crystal has its own FIRE state (time step, mixing, velocity) and its own convergence, and
+a converged crystal leaves the active batch so later steps evaluate only the rest.
+
+The algorithm reproduces ASE's ``FIRE`` driving ``FrechetCellFilter`` crystal by crystal.
+Degrees of freedom of crystal *b* with deformation gradient ``F`` (``cell = cell₀ Fᵀ``):
+
+* atoms in the undeformed frame ``u = r F⁻ᵀ`` (so fractional coordinates are ``u cell₀⁻¹``),
+* the scaled matrix logarithm ``X = c log F`` with ``c = exp_cell_factor`` (default: the
+  number of atoms of that crystal).
+
+Generalised forces: ``f_u = f F`` on atoms and ``f_X = (1/c) Σ_kl G_kl ∂(exp X/c)_kl/∂(X/c)``
+on the cell, where ``G = -∂E/∂F = W F⁻ᵀ`` with the virial ``W = -V (σ + p I)``. The Fréchet
+derivative of the matrix exponential is taken by autograd through
+:func:`torch.linalg.matrix_exp` (exactly the vector–Jacobian product ASE computes with
+``scipy.linalg.expm_frechet``). A crystal is converged when every row of its generalised
+force (atoms and the three cell rows) is shorter than ``fmax``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from crystal.batch import CrystalBatch
+from crystal.errors import StructureError
+
+if TYPE_CHECKING:
+    from crystal.components import Potential
+
+__all__ = ["FireConfig", "RelaxConfig", "RelaxResult", "relax"]
+
+
+class FireConfig(BaseModel):
+    """FIRE parameters (ASE's defaults; Bitzek et al., PRL 97, 170201 (2006))."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dt: float = Field(0.1, gt=0, description="initial time step (ASE units)")
+    dt_max: float = Field(1.0, gt=0, description="largest time step")
+    max_step: float = Field(0.2, gt=0, description="largest displacement per step over all DOF of a crystal, Å")
+    n_min: int = Field(5, ge=0, description="steps downhill before dt may grow")
+    f_inc: float = Field(1.1, gt=1, description="dt growth factor")
+    f_dec: float = Field(0.5, gt=0, lt=1, description="dt shrink factor after an uphill step")
+    alpha_start: float = Field(0.1, gt=0, lt=1, description="initial velocity mixing")
+    f_alpha: float = Field(0.99, gt=0, le=1, description="mixing decay factor")
+
+
+class RelaxConfig(BaseModel):
+    """What to relax and when to stop."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    fmax: float = Field(0.1, gt=0, description="convergence threshold on every generalised force row, eV/Å")
+    max_steps: int = Field(500, ge=0, description="FIRE steps per crystal at most")
+    relax_cell: bool = Field(True, description="relax the lattice too (Fréchet cell filter)")
+    scalar_pressure: float = Field(0.0, description="external pressure, eV/Å³ (enthalpy relaxation)")
+    exp_cell_factor: float | None = Field(
+        None, gt=0, description="scale of the cell DOF; default: number of atoms of each crystal"
+    )
+    trajectory_every: int = Field(0, ge=0, description="record a frame every N steps (0: no trajectory)")
+    fire: FireConfig = Field(default_factory=FireConfig)
+
+
+@dataclass
+class RelaxResult:
+    """Outcome of :func:`relax` for ``B`` crystals (same order as the input).
+
+    ``batch``      relaxed crystals, with ``crystal_properties["energy"]`` (eV) and
+                   ``atom_properties["forces"]`` (eV/Å) set
+    ``energy``     (B,) final energies, eV
+    ``forces``     (N, 3) final forces, eV/Å
+    ``stress``     (B, 3, 3) final stress, eV/Å³ (``None`` when the cell was fixed)
+    ``converged``  (B,) bool
+    ``steps``      (B,) FIRE steps taken
+    ``trajectory`` frames ``(step, batch)`` of the whole batch every ``trajectory_every`` steps,
+                   each frame's batch carrying ``energy`` in ``crystal_properties``
+    """
+
+    batch: CrystalBatch
+    energy: torch.Tensor
+    forces: torch.Tensor
+    stress: torch.Tensor | None
+    converged: torch.Tensor
+    steps: torch.Tensor
+    trajectory: list[tuple[int, CrystalBatch]] = field(default_factory=list)
+
+
+def _segment_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.zeros(size, dtype=values.dtype, device=values.device)
+    return out.index_add_(0, index, values)
+
+
+def relax(
+    potential: Potential,
+    batch: CrystalBatch,
+    config: RelaxConfig | None = None,
+    *,
+    callback: Callable[[int, int, int], None] | None = None,
+    **overrides: object,
+) -> RelaxResult:
+    """Relax every crystal of ``batch`` with ``potential`` (positions and, by default, cell).
+
+    ``config`` (or keyword overrides such as ``fmax=0.05, max_steps=300``) follows
+    :class:`RelaxConfig`. ``callback(step, n_active, n_converged)`` is called after each
+    step (progress bars). The batch is moved to the potential's device once; work stays
+    there. Structures with NaN coordinates raise :class:`StructureError`.
+    """
+    cfg = (config or RelaxConfig()).model_copy(update=overrides) if overrides else (config or RelaxConfig())
+    cfg = RelaxConfig.model_validate(cfg.model_dump())
+    fire = cfg.fire
+    device = potential.device
+    work = batch.to(device)
+    dtype = work.dtype
+    if not torch.isfinite(work.frac_coords).all() or not torch.isfinite(work.lattices).all():
+        raise StructureError("relax: coordinates or lattices contain NaN/inf; validate the batch first")
+    B, N = len(work), work.num_nodes
+    if B == 0:
+        empty = torch.zeros(0, dtype=dtype, device=device)
+        return RelaxResult(work, empty, torch.zeros((0, 3), dtype=dtype, device=device), None,
+                           torch.zeros(0, dtype=torch.bool, device=device),
+                           torch.zeros(0, dtype=torch.long, device=device))
+
+    cell0 = work.lattices.clone()
+    cell0_inv = torch.linalg.inv(cell0)
+    u = work.cart_coords.clone()  # undeformed-frame positions (F = I at start)
+    X = torch.zeros((B, 3, 3), dtype=dtype, device=device)  # c * log F
+    c = (
+        torch.full((B,), cfg.exp_cell_factor, dtype=dtype, device=device)
+        if cfg.exp_cell_factor is not None
+        else work.num_atoms.to(dtype)
+    )
+    v_u = torch.zeros_like(u)
+    v_X = torch.zeros_like(X)
+    dt = torch.full((B,), fire.dt, dtype=dtype, device=device)
+    alpha = torch.full((B,), fire.alpha_start, dtype=dtype, device=device)
+    n_pos = torch.zeros(B, dtype=torch.long, device=device)
+    first = torch.ones(B, dtype=torch.bool, device=device)
+
+    active = torch.ones(B, dtype=torch.bool, device=device)
+    converged = torch.zeros(B, dtype=torch.bool, device=device)
+    steps = torch.zeros(B, dtype=torch.long, device=device)
+    energy = torch.zeros(B, dtype=dtype, device=device)
+    forces = torch.zeros((N, 3), dtype=dtype, device=device)
+    stress = torch.zeros((B, 3, 3), dtype=dtype, device=device) if cfg.relax_cell else None
+    eye = torch.eye(3, dtype=dtype, device=device)
+    trajectory: list[tuple[int, CrystalBatch]] = []
+    atom_ids = torch.arange(N, device=device)
+
+    def current_lattices(Xs: torch.Tensor) -> torch.Tensor:
+        return cell0 @ torch.linalg.matrix_exp(Xs / c[:, None, None]).transpose(1, 2)
+
+    step = 0
+    while True:
+        idx = torch.nonzero(active).flatten()
+        if idx.numel() == 0:
+            break
+        a_mask = active[work.batch]
+        a_atoms = atom_ids[a_mask]
+        sub = work.select(idx)
+        F = torch.linalg.matrix_exp(X[idx] / c[idx, None, None]) if cfg.relax_cell else eye.expand(len(idx), 3, 3)
+        lat = cell0[idx] @ F.transpose(1, 2)
+        frac = torch.einsum("ni,nij->nj", u[a_atoms], cell0_inv[idx][sub.batch])
+        sub = sub.with_positions(frac, lat)
+        out = potential.compute(sub, forces=True, stress=cfg.relax_cell)
+        if out.forces is None or (cfg.relax_cell and out.stress is None):
+            raise StructureError(f"potential {potential.name!r} returned no forces/stress")
+        e_sub = out.energy.to(dtype)
+        f_sub = out.forces.to(dtype)
+        if not torch.isfinite(e_sub).all() or not torch.isfinite(f_sub).all():
+            bad = [sub.ids[i] for i in torch.nonzero(~torch.isfinite(e_sub)).flatten().tolist()]
+            raise StructureError(f"potential {potential.name!r} returned non-finite energy/forces for {bad or 'some crystals'}")
+        energy[idx] = e_sub
+        forces[a_atoms] = f_sub
+        Fb = F[sub.batch]
+        g_u = torch.einsum("ni,nij->nj", f_sub, Fb)  # generalised atom forces, f F
+        row_norm_atoms = g_u.norm(dim=1)
+        fmax_b = torch.zeros(len(idx), dtype=dtype, device=device).scatter_reduce_(
+            0, sub.batch, row_norm_atoms, "amax", include_self=True
+        )
+        if cfg.relax_cell:
+            s_sub = out.stress.to(dtype)  # type: ignore[union-attr]
+            assert stress is not None
+            stress[idx] = s_sub
+            vol = torch.linalg.det(lat).abs()
+            virial = -vol[:, None, None] * (s_sub + cfg.scalar_pressure * eye)
+            G = virial @ torch.linalg.inv(F.transpose(1, 2))
+            Xa = (X[idx] / c[idx, None, None]).detach().requires_grad_(True)
+            with torch.enable_grad():
+                (g_log,) = torch.autograd.grad((torch.linalg.matrix_exp(Xa) * G).sum(), Xa)
+            g_X = g_log / c[idx, None, None]
+            fmax_b = torch.maximum(fmax_b, g_X.norm(dim=2).amax(dim=1))
+        else:
+            g_X = torch.zeros((len(idx), 3, 3), dtype=dtype, device=device)
+
+        done_now = fmax_b < cfg.fmax
+        out_of_steps = steps[idx] >= cfg.max_steps
+        converged[idx] = done_now
+        if cfg.trajectory_every and step % cfg.trajectory_every == 0:
+            trajectory.append((step, _snapshot(work, u, X, cell0, cell0_inv, c, energy, cfg.relax_cell)))
+        finished = done_now | out_of_steps
+        if callback is not None:
+            callback(step, int((~finished).sum()), int(converged.sum()))
+        if finished.all():
+            active[idx] = False
+            break
+        active[idx[finished]] = False
+
+        # ---- FIRE update of the crystals still running (vectorised per crystal)
+        keep = ~finished
+        k_idx = idx[keep]
+        k_atom_mask = keep[sub.batch]
+        k_atoms = a_atoms[k_atom_mask]
+        local_batch = torch.cumsum(keep.long(), 0)[sub.batch[k_atom_mask]] - 1
+        K = len(k_idx)
+        fu, fX = g_u[k_atom_mask], g_X[keep]
+        vu, vX = v_u[k_atoms], v_X[k_idx]
+        vf = _segment_sum((fu * vu).sum(1), local_batch, K) + (fX * vX).sum((1, 2))
+        ff = _segment_sum((fu * fu).sum(1), local_batch, K) + (fX * fX).sum((1, 2))
+        vv = _segment_sum((vu * vu).sum(1), local_batch, K) + (vX * vX).sum((1, 2))
+        a_k, dt_k, n_k, first_k = alpha[k_idx], dt[k_idx], n_pos[k_idx], first[k_idx]
+        downhill = (vf > 0) & ~first_k
+        uphill = ~(vf > 0) & ~first_k
+        mix = torch.where(downhill, a_k, torch.zeros_like(a_k))
+        scale = torch.where(downhill, a_k * torch.sqrt(vv) / torch.sqrt(ff).clamp_min(1e-300), torch.zeros_like(a_k))
+        keep_v = torch.where(uphill, torch.zeros_like(a_k), 1.0 - mix)
+        vu = keep_v[local_batch, None] * vu + scale[local_batch, None] * fu
+        vX = keep_v[:, None, None] * vX + scale[:, None, None] * fX
+        grow = downhill & (n_k > fire.n_min)
+        dt_k = torch.where(grow, torch.clamp(dt_k * fire.f_inc, max=fire.dt_max), dt_k)
+        a_k = torch.where(grow, a_k * fire.f_alpha, a_k)
+        n_k = torch.where(downhill, n_k + 1, n_k)
+        dt_k = torch.where(uphill, dt_k * fire.f_dec, dt_k)
+        a_k = torch.where(uphill, torch.full_like(a_k, fire.alpha_start), a_k)
+        n_k = torch.where(uphill, torch.zeros_like(n_k), n_k)
+        vu = vu + dt_k[local_batch, None] * fu
+        vX = vX + dt_k[:, None, None] * fX
+        dru, drX = dt_k[local_batch, None] * vu, dt_k[:, None, None] * vX
+        norm = torch.sqrt(_segment_sum((dru * dru).sum(1), local_batch, K) + (drX * drX).sum((1, 2)))
+        shrink = torch.where(norm > fire.max_step, fire.max_step / norm.clamp_min(1e-300), torch.ones_like(norm))
+        u[k_atoms] = u[k_atoms] + shrink[local_batch, None] * dru
+        if cfg.relax_cell:
+            X[k_idx] = X[k_idx] + shrink[:, None, None] * drX
+        v_u[k_atoms], v_X[k_idx] = vu, vX
+        alpha[k_idx], dt[k_idx], n_pos[k_idx] = a_k, dt_k, n_k
+        first[k_idx] = False
+        steps[k_idx] += 1
+        step += 1
+
+    lat_final = current_lattices(X) if cfg.relax_cell else cell0
+    frac_final = torch.einsum("ni,nij->nj", u, cell0_inv[work.batch])
+    final = work.with_positions(frac_final, lat_final)
+    final.crystal_properties = {**final.crystal_properties, "energy": energy.clone()}
+    final.atom_properties = {**final.atom_properties, "forces": forces.clone()}
+    if cfg.trajectory_every and (not trajectory or trajectory[-1][0] != step):
+        trajectory.append((step, _snapshot(work, u, X, cell0, cell0_inv, c, energy, cfg.relax_cell)))
+    return RelaxResult(final, energy, forces, stress, converged, steps, trajectory)
+
+
+def _snapshot(
+    work: CrystalBatch,
+    u: torch.Tensor,
+    X: torch.Tensor,
+    cell0: torch.Tensor,
+    cell0_inv: torch.Tensor,
+    c: torch.Tensor,
+    energy: torch.Tensor,
+    relax_cell: bool,
+) -> CrystalBatch:
+    lat = cell0 @ torch.linalg.matrix_exp(X / c[:, None, None]).transpose(1, 2) if relax_cell else cell0
+    frac = torch.einsum("ni,nij->nj", u, cell0_inv[work.batch])
+    snap = work.with_positions(frac.clone(), lat.clone())
+    snap.crystal_properties = {"energy": energy.clone()}
+    snap.atom_properties = {}
+    return snap
