@@ -203,8 +203,8 @@ class CrystalBatch:
         """Concatenate batches (all on the same device and dtype)."""
         if not batches:
             raise StructureError("cannot concatenate an empty list of batches")
-        keys_c = set.intersection(*(set(b.crystal_properties) for b in batches))
-        keys_a = set.intersection(*(set(b.atom_properties) for b in batches))
+        keys_c = [k for k in batches[0].crystal_properties if all(k in b.crystal_properties for b in batches)]
+        keys_a = [k for k in batches[0].atom_properties if all(k in b.atom_properties for b in batches)]
         return CrystalBatch(
             atomic_numbers=torch.cat([b.atomic_numbers for b in batches]),
             frac_coords=torch.cat([b.frac_coords for b in batches]),

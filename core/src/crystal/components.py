@@ -137,6 +137,14 @@ class Component(abc.ABC):
         except ValidationError as exc:
             raise ConfigError(_format_validation(exc, f"{cls.kind.singular} {cls.name!r}")) from None
 
+    def weights_in_use(self) -> tuple[str, ...]:
+        """Named weights this instance uses (recorded with their sha256 in run manifests).
+
+        Convention: a component with named weights selects them with a ``weights`` config field.
+        """
+        chosen = getattr(self.config, "weights", None)
+        return (chosen,) if isinstance(chosen, str) and chosen in self.weights else ()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r}, config={self.config!r})"
 

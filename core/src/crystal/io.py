@@ -1,0 +1,394 @@
+"""Reading and writing structures at the edges of a pipeline.
+
+Readers never stop at one bad entry: every entry that cannot be used becomes a
+:class:`Failure` naming the file, the entry and the reason, and the rest is read.
+Writers are atomic: they write a temporary file next to the target and rename it.
+
+Formats (by extension, or ``format=``):
+
+=========  ============================================  =======================
+format     extensions                                    notes
+=========  ============================================  =======================
+cif        ``.cif`` (several data blocks allowed)         pymatgen ``CifParser``
+poscar     ``POSCAR*``, ``CONTCAR*``, ``.vasp``, ``.poscar``  pymatgen ``Poscar``
+extxyz     ``.extxyz``, ``.xyz`` (multi-frame)            ASE; needs a 3-D cell
+json       ``.json`` (Structure dict or list of them)     pymatgen ``as_dict`` form
+csv        ``.csv`` with a ``cif`` column                 Perov-5 / Carbon-24 / MP-20
+=========  ============================================  =======================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from crystal.errors import ConfigError, StructureError
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+    from crystal.batch import CrystalBatch
+
+__all__ = [
+    "FORMATS",
+    "Failure",
+    "ReadResult",
+    "atomic_write",
+    "detect_format",
+    "expand_paths",
+    "read_structures",
+    "write_structures",
+]
+
+Format = Literal["cif", "poscar", "extxyz", "json", "csv"]
+FORMATS: tuple[str, ...] = ("cif", "poscar", "extxyz", "json", "csv")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One input that could not be used: which, where, at which step and why."""
+
+    id: str
+    step: str
+    reason: str
+    source: str = ""
+
+
+@dataclass
+class ReadResult:
+    """Structures that were read (with their ids) and the entries that failed."""
+
+    ids: list[str] = field(default_factory=list)
+    structures: list[Structure] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+    def extend(self, other: ReadResult) -> None:
+        self.ids += other.ids
+        self.structures += other.structures
+        self.sources += other.sources
+        self.failures += other.failures
+
+    def to_batch(self, **kwargs: Any) -> CrystalBatch:
+        from crystal.batch import CrystalBatch
+
+        batch = CrystalBatch.from_structures(self.structures, self.ids, **kwargs)
+        for info, src in zip(batch.info, self.sources, strict=True):
+            info["source"] = src
+        return batch
+
+
+def detect_format(path: Path) -> Format:
+    """Format of ``path`` from its name; raises :class:`ConfigError` listing the allowed ones."""
+    name = path.name.lower()
+    suffix = path.suffix.lower()
+    if suffix == ".cif":
+        return "cif"
+    if suffix in (".vasp", ".poscar") or name.startswith(("poscar", "contcar")):
+        return "poscar"
+    if suffix in (".extxyz", ".xyz"):
+        return "extxyz"
+    if suffix == ".json":
+        return "json"
+    if suffix == ".csv":
+        return "csv"
+    raise ConfigError(
+        f"{path}: cannot tell the structure format from the name; use one of "
+        ".cif, POSCAR/CONTCAR/.vasp, .extxyz/.xyz, .json, .csv (with a 'cif' column)"
+    )
+
+
+def expand_paths(patterns: Iterable[str | os.PathLike[str]], base: Path | None = None) -> list[Path]:
+    """Expand globs and directories (recognised files inside, sorted); missing paths raise."""
+    out: list[Path] = []
+    for pattern in patterns:
+        p = Path(pattern)
+        if base is not None and not p.is_absolute():
+            p = base / p
+        matches = sorted(Path(m) for m in glob.glob(str(p))) if any(ch in str(p) for ch in "*?[") else [p]
+        if not matches or not all(m.exists() for m in matches):
+            raise ConfigError(f"input path {str(pattern)!r} matches no file")
+        for m in matches:
+            if m.is_dir():
+                for child in sorted(m.iterdir()):
+                    with contextlib.suppress(ConfigError):
+                        if child.is_file() and child.name != "id_prop.csv":
+                            detect_format(child)
+                            out.append(child)
+            else:
+                out.append(m)
+    return out
+
+
+def read_structures(
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    format: Format | None = None,
+    limit: int | None = None,
+    id_column: str | None = None,
+) -> ReadResult:
+    """Read every structure in ``paths`` (files, directories or globs).
+
+    Ids are ``<file stem>`` for one-structure files and ``<stem>:<k>`` (or the CSV's id
+    column: ``material_id``, ``id`` or ``cif_id``) otherwise. Unreadable entries become
+    failures; a file that does not exist raises :class:`ConfigError`.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    result = ReadResult()
+    for path in expand_paths(paths):
+        fmt = format or detect_format(path)
+        result.extend(_read_one(path, fmt, id_column))
+        if limit is not None and len(result.ids) >= limit:
+            result.ids, result.structures, result.sources = (
+                result.ids[:limit],
+                result.structures[:limit],
+                result.sources[:limit],
+            )
+            break
+    return result
+
+
+def _read_one(path: Path, fmt: Format, id_column: str | None) -> ReadResult:
+    res = ReadResult()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        res.failures.append(Failure(path.stem, "read", f"cannot read file: {exc}", str(path)))
+        return res
+    if not text.strip():
+        res.failures.append(Failure(path.stem, "read", "file is empty", str(path)))
+        return res
+    for ident, structure, error in _parse(text, path, fmt, id_column):
+        if error is not None:
+            res.failures.append(Failure(ident, "read", error, str(path)))
+            continue
+        assert structure is not None
+        problem = _check_structure(structure)
+        if problem:
+            res.failures.append(Failure(ident, "read", problem, str(path)))
+            continue
+        res.ids.append(ident)
+        res.structures.append(structure)
+        res.sources.append(str(path))
+    return res
+
+
+def _check_structure(s: Structure) -> str | None:
+    import numpy as np
+
+    if len(s) == 0:
+        return "structure has no atoms"
+    if not np.isfinite(s.frac_coords).all() or not np.isfinite(s.lattice.matrix).all():
+        return "coordinates or lattice contain NaN or inf"
+    if abs(s.lattice.volume) < 1e-6:
+        return "degenerate lattice (zero volume)"
+    if not s.is_ordered:
+        return "structure has partially occupied sites (disordered); order it first"
+    return None
+
+
+def _parse(text: str, path: Path, fmt: Format, id_column: str | None) -> Iterator[tuple[str, Any, str | None]]:
+    stem = path.stem
+    if fmt == "cif":
+        yield from _parse_cif(text, stem)
+    elif fmt == "poscar":
+        from pymatgen.io.vasp import Poscar
+
+        try:
+            yield stem, Poscar.from_str(text).structure, None
+        except Exception as exc:  # pymatgen raises many types on malformed input
+            yield stem, None, f"not a valid POSCAR: {_short(exc)}"
+    elif fmt == "extxyz":
+        yield from _parse_extxyz(text, stem)
+    elif fmt == "json":
+        yield from _parse_json(text, stem)
+    elif fmt == "csv":
+        yield from _parse_csv(text, stem, path, id_column)
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
+
+
+def _parse_cif(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]:
+    from pymatgen.io.cif import CifParser
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parser = CifParser(io.StringIO(text))
+            blocks = list(parser._cif.data.keys())
+            structures = parser.parse_structures(primitive=False, on_error="ignore")
+    except Exception as exc:
+        yield stem, None, f"not a valid CIF: {_short(exc)}"
+        return
+    if not structures:
+        yield stem, None, "CIF contains no readable structure"
+        return
+    if len(structures) == 1:
+        yield stem, structures[0], None
+        return
+    for k, s in enumerate(structures):
+        yield f"{stem}:{blocks[k] if k < len(blocks) else k}", s, None
+
+
+def _parse_extxyz(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]:
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    try:
+        frames = read(io.StringIO(text), index=":", format="extxyz")
+    except Exception as exc:
+        yield stem, None, f"not a valid extended XYZ file: {_short(exc)}"
+        return
+    for k, atoms in enumerate(frames):
+        ident = stem if len(frames) == 1 else f"{stem}:{k}"
+        if not atoms.pbc.all() or abs(atoms.cell.volume) < 1e-9:
+            yield ident, None, "frame has no periodic 3-D cell (Lattice= and pbc are needed)"
+            continue
+        yield ident, AseAtomsAdaptor.get_structure(atoms), None
+
+
+def _parse_json(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]:
+    from pymatgen.core import Structure
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield stem, None, f"not valid JSON: {exc}"
+        return
+    items = data if isinstance(data, list) else [data]
+    for k, item in enumerate(items):
+        ident = stem if len(items) == 1 else f"{stem}:{k}"
+        if isinstance(item, dict) and "structure" in item and isinstance(item["structure"], dict):
+            ident = str(item.get("id", ident))
+            item = item["structure"]
+        try:
+            yield ident, Structure.from_dict(item), None
+        except Exception as exc:
+            yield ident, None, f"not a pymatgen Structure dict: {_short(exc)}"
+
+
+def _parse_csv(text: str, stem: str, path: Path, id_column: str | None) -> Iterator[tuple[str, Any, str | None]]:
+    reader = csv.DictReader(io.StringIO(text))
+    fields = reader.fieldnames or []
+    if "cif" not in fields:
+        raise ConfigError(f"{path}: CSV has no 'cif' column (columns: {', '.join(fields) or 'none'})")
+    id_col = id_column or next((c for c in ("material_id", "id", "cif_id") if c in fields), None)
+    if id_column and id_column not in fields:
+        raise ConfigError(f"{path}: id column {id_column!r} not found (columns: {', '.join(fields)})")
+    for k, row in enumerate(reader):
+        ident = str(row[id_col]) if id_col else f"{stem}:{k}"
+        cif = row.get("cif") or ""
+        if not cif.strip():
+            yield ident, None, f"row {k + 2}: field 'cif' is empty"
+            continue
+        got = list(_parse_cif(cif, ident))
+        ident, structure, err = got[0]
+        yield ident, structure, (f"row {k + 2}: field 'cif': {err}" if err else None)
+
+
+# ------------------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[Any]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_structures(
+    structures: CrystalBatch | Sequence[Structure],
+    path: str | os.PathLike[str],
+    format: Format,
+    *,
+    ids: Sequence[str] | None = None,
+    symprec: float | None = None,
+) -> list[Path]:
+    """Write structures atomically; returns the files written.
+
+    ``cif`` writes one ``<id>.cif`` per structure into the directory ``path`` (with
+    ``symprec`` the CIF is symmetrised); ``extxyz`` and ``json`` write one file holding all
+    structures (``json``: a list of ``{"id", "structure"}``); ``poscar`` writes one
+    ``<id>.vasp`` per structure into the directory ``path``.
+    """
+    from crystal.batch import CrystalBatch
+
+    if isinstance(structures, CrystalBatch):
+        ids = list(structures.ids) if ids is None else list(ids)
+        structs = structures.to_structures()
+    else:
+        structs = list(structures)
+        ids = [str(i) for i in range(len(structs))] if ids is None else list(ids)
+    if len(ids) != len(structs):
+        raise StructureError(f"{len(ids)} ids for {len(structs)} structures")
+    target = Path(path)
+    written: list[Path] = []
+    if format in ("cif", "poscar"):
+        target.mkdir(parents=True, exist_ok=True)
+        for ident, s in zip(ids, structs, strict=True):
+            safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in ident)
+            if format == "cif":
+                from pymatgen.io.cif import CifWriter
+
+                text = str(CifWriter(s, symprec=symprec))
+                out = target / f"{safe}.cif"
+            else:
+                from pymatgen.io.vasp import Poscar
+
+                text = Poscar(s, comment=ident).get_str()
+                out = target / f"{safe}.vasp"
+            with atomic_write(out) as fh:
+                fh.write(text)
+            written.append(out)
+    elif format == "extxyz":
+        from ase.io import write
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        frames = []
+        for ident, s in zip(ids, structs, strict=True):
+            atoms = AseAtomsAdaptor.get_atoms(s)
+            atoms.info["id"] = ident
+            frames.append(atoms)
+        with atomic_write(target) as fh:
+            write(fh, frames, format="extxyz")
+        written.append(target)
+    elif format == "json":
+        payload = [{"id": ident, "structure": s.as_dict()} for ident, s in zip(ids, structs, strict=True)]
+        with atomic_write(target) as fh:
+            json.dump(payload, fh, default=_json_default)
+        written.append(target)
+    else:
+        raise ConfigError(f"cannot write structures as {format!r}; allowed: cif, poscar, extxyz, json")
+    return written
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)

@@ -1,0 +1,266 @@
+"""CHGNet (Deng et al., Nat. Mach. Intell. 5, 1031 (2023)) as a batched crystal potential.
+
+The model is rebuilt from a weights-only checkpoint (``crystal.weights.load_state_dict``:
+sha256-verified, ``torch.load(weights_only=True)``); no pickled module is ever executed.
+
+Per :meth:`CHGNetPotential.compute` call the batch is converted once to pymatgen
+structures, CHGNet's own graph converter builds one crystal graph per crystal, and the
+model runs ONE forward (plus one backward for forces/stress) per chunk of
+``batch_size`` crystals. Forces and stress are taken by a first-order
+``torch.autograd.grad`` (CHGNet's own ``forward`` keeps a double-backward graph for
+training, ``create_graph=True``, which is 2-4x slower for inference and gives the same
+numbers).
+
+Units and conventions (those of :class:`crystal.components.PotentialOutput`):
+
+* energy: eV, TOTAL per crystal (CHGNet predicts eV/atom; multiplied by the atom count),
+* forces: eV/Å, ``-∂E/∂r``,
+* stress: eV/Å³, ``σ = (1/|V|) ∂E/∂ε`` (ASE sign: positive = tensile). CHGNet reports GPa
+  with the same sign; its calculator multiplies by ``ase.units.GPa``. Here the strain
+  derivative is divided by ``|V|`` directly, which also fixes the sign for left-handed
+  cells (CHGNet divides by the signed triple product).
+
+CHGNet runs in float32 internally; outputs are cast to the batch's dtype and device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from crystal.batch import CrystalBatch
+from crystal.components import ComponentConfig, Potential, PotentialOutput
+from crystal.errors import StructureError, WeightsError
+from crystal.weights import load_state_dict
+
+if TYPE_CHECKING:
+    from chgnet.graph import CrystalGraph
+    from chgnet.model import CHGNet
+    from pymatgen.core import Structure
+
+__all__ = ["CHGNetConfig", "CHGNetPotential", "build_model"]
+
+#: CHGNet version string of each weights name, and CHGNet.load's ``mlp_out_bias`` rule
+#: (True only for 0.2.0, for backward compatibility; see chgnet issue #79).
+_CHECKPOINTS: dict[str, tuple[str, bool]] = {
+    "chgnet-0.3.0": ("0.3.0", False),
+    "chgnet-0.2.0": ("0.2.0", True),
+}
+
+
+class CHGNetConfig(ComponentConfig):
+    """Settings of the CHGNet potential."""
+
+    weights: Literal["chgnet-0.3.0", "chgnet-0.2.0"] = Field(
+        "chgnet-0.3.0",
+        description="pretrained weights: 'chgnet-0.3.0' (atom-graph cutoff 6 Å, default) or "
+        "'chgnet-0.2.0' (the paper's weights, cutoff 5 Å)",
+    )
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="crystals per model forward/backward pass (a memory/speed trade-off; results "
+        "agree to float32 round-off, ~1e-6 eV/atom)",
+    )
+    on_isolated_atoms: Literal["error", "warn"] = Field(
+        "error",
+        description="an atom with no neighbour within the atom-graph cutoff (6 Å for 0.3.0, 5 Å for "
+        "0.2.0) gets no message passing and unphysical energy/zero force: 'error' raises "
+        "StructureError, 'warn' emits a RuntimeWarning and computes anyway (CHGNet's own default)",
+    )
+
+
+def build_model(weights: str, device: torch.device | str = "cpu") -> CHGNet:
+    """Build a CHGNet model from the named, sha256-verified, weights-only checkpoint.
+
+    Reproduces ``CHGNet.load(model_name=...)``: ``CHGNet(**model_args, mlp_out_bias=...,
+    version=...)`` followed by a strict ``load_state_dict``.
+    """
+    from chgnet.model import CHGNet
+
+    if weights not in _CHECKPOINTS:
+        raise WeightsError(f"chgnet: unknown weights {weights!r}; choose from {', '.join(_CHECKPOINTS)}")
+    version, mlp_out_bias = _CHECKPOINTS[weights]
+    checkpoint = load_state_dict(weights, map_location="cpu")
+    try:
+        state = checkpoint["model"]
+        model_args = dict(state["model_args"])
+        state_dict = state["state_dict"]
+    except (KeyError, TypeError) as exc:
+        raise WeightsError(f"weights {weights!r}: not a CHGNet checkpoint (missing {exc})") from None
+    model_args.pop("version", None)
+    with contextlib.redirect_stdout(io.StringIO()):  # CHGNet.__init__ prints its size
+        model = CHGNet(**model_args, mlp_out_bias=mlp_out_bias, version=version)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights {weights!r} do not fit the CHGNet architecture: {exc}") from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.to(device)
+
+
+class CHGNetPotential(Potential):
+    """CHGNet universal potential: energy (eV), forces (eV/Å), stress (eV/Å³) of whole batches."""
+
+    name = "chgnet"
+    version = "0.1.0"
+    Config: ClassVar[type[ComponentConfig]] = CHGNetConfig
+    consumes = "crystal"
+    produces = "energy+forces+stress"
+    devices = ("cpu", "cuda")
+    weights = ("chgnet-0.3.0", "chgnet-0.2.0")
+    default_weights = "chgnet-0.3.0"
+    #: CHGNet's atom embedding covers H (1) to Pu (94)
+    elements: ClassVar[frozenset[int] | None] = frozenset(range(1, 95))
+
+    config: CHGNetConfig
+
+    def __init__(self, config: ComponentConfig | dict[str, Any] | None = None, *, device: str = "auto", **overrides: Any) -> None:
+        super().__init__(config, device=device, **overrides)
+        self.model = build_model(self.config.weights, self.device)
+        self.converter = self.model.graph_converter
+        # isolated atoms are detected (and reported with the crystal id) here, not in chgnet
+        self.converter.set_isolated_atom_response("ignore")
+
+    @property
+    def cutoff(self) -> float:
+        """Atom-graph cutoff radius of the loaded weights, Å."""
+        return float(self.converter.atom_graph_cutoff)
+
+    # ------------------------------------------------------------------ public API
+    def compute(self, batch: CrystalBatch, *, forces: bool = True, stress: bool = True) -> PotentialOutput:
+        """Energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3) eV/Å³ of every crystal."""
+        dtype, out_device = batch.dtype, batch.device
+        B = len(batch)
+        if B == 0:
+            return PotentialOutput(
+                energy=torch.zeros(0, dtype=dtype, device=out_device),
+                forces=torch.zeros((0, 3), dtype=dtype, device=out_device) if forces else None,
+                stress=torch.zeros((0, 3, 3), dtype=dtype, device=out_device) if stress else None,
+            )
+        self.check_elements(batch)
+        self._check_geometry(batch)
+        graphs = self.graphs(batch)
+        energies: list[torch.Tensor] = []
+        force_parts: list[torch.Tensor] = []
+        strain_grads: list[torch.Tensor] = []
+        size = self.config.batch_size
+        for start in range(0, B, size):
+            e, f, g = self._forward(graphs[start : start + size], forces=forces, stress=stress)
+            energies.append(e)
+            if f is not None:
+                force_parts.append(f)
+            if g is not None:
+                strain_grads.append(g)
+        energy = torch.cat(energies).to(device=out_device, dtype=dtype)
+        out = PotentialOutput(energy=energy)
+        if forces:
+            out.forces = torch.cat(force_parts).to(device=out_device, dtype=dtype)
+        if stress:
+            dEde = torch.cat(strain_grads).to(device=out_device, dtype=dtype)
+            out.stress = dEde / batch.volumes[:, None, None]
+        return out
+
+    def structures(self, batch: CrystalBatch) -> list[Structure]:
+        """The crystals as pymatgen structures (lattice rows, unwrapped coordinates and pbc kept)."""
+        from pymatgen.core import Lattice, Structure
+
+        cpu = batch if batch.device.type == "cpu" else batch.to("cpu")
+        lats = cpu.lattices.detach().double().numpy()
+        fracs = cpu.frac_coords.detach().double().numpy()
+        zs = cpu.atomic_numbers.tolist()
+        pbcs = cpu.pbc.tolist()
+        ptr = cpu.ptr.tolist()
+        return [
+            Structure(Lattice(lats[b], pbc=tuple(pbcs[b])), zs[ptr[b] : ptr[b + 1]], fracs[ptr[b] : ptr[b + 1]])
+            for b in range(len(cpu))
+        ]
+
+    def graphs(self, batch: CrystalBatch) -> list[CrystalGraph]:
+        """CHGNet crystal graphs of every crystal (CHGNet's own converter), on the model device.
+
+        Applies :attr:`CHGNetConfig.on_isolated_atoms`.
+        """
+        graphs = []
+        isolated: list[str] = []
+        for b, structure in enumerate(self.structures(batch)):
+            graph = self.converter(structure, graph_id=batch.ids[b])
+            n_centres = int(torch.unique(graph.atom_graph[:, 0]).numel()) if graph.atom_graph.numel() else 0
+            if n_centres < len(structure):
+                isolated.append(f"{batch.ids[b]} ({len(structure) - n_centres} of {len(structure)} atoms)")
+            graphs.append(graph if self.device.type == "cpu" else graph.to(str(self.device)))
+        if isolated:
+            msg = (
+                f"chgnet: isolated atoms (no neighbour within the {self.cutoff:g} Å atom-graph cutoff) in "
+                f"crystal(s) {', '.join(isolated)}; CHGNet is unreliable for them (vacuum or too-large cell?)"
+            )
+            if self.config.on_isolated_atoms == "error":
+                raise StructureError(msg + "; set on_isolated_atoms='warn' to compute anyway")
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        return graphs
+
+    # ------------------------------------------------------------------ internals
+    def _check_geometry(self, batch: CrystalBatch) -> None:
+        empty = torch.nonzero(batch.num_atoms == 0).flatten().tolist()
+        if empty:
+            raise StructureError(f"chgnet: crystal(s) {_ids(batch, empty)} have no atoms")
+        bad_atoms = ~torch.isfinite(batch.frac_coords).all(dim=1)
+        if bad_atoms.any():
+            crystals = torch.unique(batch.batch[bad_atoms]).tolist()
+            raise StructureError(f"chgnet: crystal(s) {_ids(batch, crystals)} have NaN or inf coordinates")
+        bad_lat = ~torch.isfinite(batch.lattices).flatten(1).all(dim=1)
+        if bad_lat.any():
+            raise StructureError(
+                f"chgnet: crystal(s) {_ids(batch, torch.nonzero(bad_lat).flatten().tolist())} have NaN or inf lattices"
+            )
+        degenerate = torch.nonzero(batch.volumes < 1e-6).flatten().tolist()
+        if degenerate:
+            raise StructureError(f"chgnet: crystal(s) {_ids(batch, degenerate)} have a degenerate (zero-volume) cell")
+
+    def _forward(
+        self, graphs: list[CrystalGraph], *, forces: bool, stress: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One batched CHGNet pass: (K,) total energies, (n, 3) forces, (K, 3, 3) ∂E/∂ε."""
+        from chgnet.model.model import BatchedGraph
+
+        model = self.model
+        need_grad = forces or stress
+        with torch.set_grad_enabled(need_grad), warnings.catch_warnings():
+            # BatchedGraph.from_graphs builds its volume tensor from 0-d tensors that carry grad
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad=True")
+            bg = BatchedGraph.from_graphs(
+                graphs,
+                bond_basis_expansion=model.bond_basis_expansion,
+                angle_basis_expansion=model.angle_basis_expansion,
+                compute_stress=stress,
+            )
+            pred = model._compute(bg, compute_force=False, compute_stress=False)
+            n_atoms = pred["atoms_per_graph"].to(pred["e"].dtype)
+            comp = model.composition_model(graphs) if model.composition_model is not None else 0.0
+            per_atom = pred["e"] + comp if model.is_intensive else (pred["e"] + comp) / n_atoms
+            total = per_atom * n_atoms
+            grads: tuple[torch.Tensor, ...] = ()
+            if need_grad:
+                inputs = [*bg.atom_positions] if forces else []
+                if stress:
+                    inputs += list(bg.strains)
+                grads = torch.autograd.grad(total.sum(), inputs)
+        # per-atom energy in float32 times the atom count in float64, as CHGNetCalculator does
+        energy = per_atom.detach().double() * pred["atoms_per_graph"].double()
+        f = -torch.cat(grads[: len(graphs)]) if forces else None
+        g = torch.stack(grads[-len(graphs) :]) if stress else None
+        return energy, f, g
+
+
+def _ids(batch: CrystalBatch, index: list[int], limit: int = 5) -> str:
+    names = [repr(batch.ids[i]) for i in index[:limit]]
+    more = f" and {len(index) - limit} more" if len(index) > limit else ""
+    return ", ".join(names) + more
+
