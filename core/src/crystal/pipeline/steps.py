@@ -65,7 +65,12 @@ def _relax(step: RelaxStep, batch: CrystalBatch, ctx: StepContext) -> StageOutpu
         trajectory_every=step.trajectory_every,
     )
     potential.check_elements(batch)
-    res = relax(potential, batch, cfg)
+
+    def progress(k: int, n_active: int, n_converged: int) -> None:
+        if k % 10 == 0:
+            ctx.emit("progress", step.id, f"FIRE step {k}: {n_converged} converged, {n_active} running")
+
+    res = relax(potential, batch, cfg, callback=progress)
     out = res.batch
     out.crystal_properties["energy_per_atom"] = res.energy / out.num_atoms.to(res.energy.dtype)
     out.crystal_properties["converged"] = res.converged.to(res.energy.dtype)

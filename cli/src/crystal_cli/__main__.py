@@ -1,0 +1,3 @@
+from crystal_cli.main import entry
+
+entry()

@@ -1,0 +1,380 @@
+"""The ``crystal`` command line.
+
+Errors print one line (``error: ...``) and exit non-zero: 2 for invalid input or
+configuration (nothing ran), 1 when a run failed. ``--debug`` shows tracebacks.
+Heavy imports (torch, pymatgen, plugins) happen inside commands, never at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from crystal.errors import ConfigError, CrystalError, PluginError
+
+app = typer.Typer(
+    name="crystal",
+    help="AI-driven discovery of crystalline materials: compose generators, potentials, encoders and characterizers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+plugins_app = typer.Typer(help="List, inspect and check installed plugins.", no_args_is_help=True)
+app.add_typer(plugins_app, name="plugins")
+
+_STATE: dict[str, bool] = {"debug": False}
+DEFAULT_PIPELINE = "default-discovery.toml"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"crystal {version('crystal-core')} (cli {version('crystal-cli')})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show versions and exit.")
+    ] = False,
+) -> None:
+    _STATE["debug"] = debug or os.environ.get("CRYSTAL_DEBUG") == "1"
+
+
+# --------------------------------------------------------------------------- plugins
+@plugins_app.command("list")
+def plugins_list(
+    kind: Annotated[str | None, typer.Option(help="Only this kind (potential, encoder, ...).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include plugins disabled by CRYSTAL_PLUGINS/CRYSTAL_DISABLE_PLUGINS.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List installed components from their manifests (imports no plugin code, no torch)."""
+    from crystal.plugins import list_plugins
+
+    infos = list_plugins(kind, include_disabled=all_)
+    if as_json:
+        typer.echo(json.dumps([
+            {
+                "kind": i.kind, "name": i.name, "distribution": i.distribution, "version": i.version,
+                "description": i.description, "enabled": i.enabled, "entry_point": i.value,
+                "consumes": i.manifest.consumes if i.manifest else None,
+                "produces": i.manifest.produces if i.manifest else None,
+                "devices": list(i.manifest.devices) if i.manifest else None,
+                "weights": list(i.manifest.weights) if i.manifest else [],
+                "problem": i.manifest_error or (f"also claimed by {', '.join(i.also_claimed_by)}" if i.also_claimed_by else None),
+            }
+            for i in infos
+        ], indent=2))
+        return
+    if not infos:
+        typer.echo("no plugins installed" + (f" of kind {kind}" if kind else ""))
+        return
+    width = max(len(i.name) for i in infos)
+    for i in infos:
+        flag = "" if i.enabled else " [disabled]"
+        problem = ""
+        if i.also_claimed_by:
+            problem = f"  !! also claimed by {', '.join(i.also_claimed_by)}"
+        elif i.manifest_error:
+            problem = f"  !! {i.manifest_error}"
+        weights = f"  weights: {', '.join(i.manifest.weights)}" if i.manifest and i.manifest.weights else ""
+        typer.echo(f"{i.kind:<14} {i.name:<{width}}  {i.distribution} {i.version}{flag}  {i.description}{weights}{problem}")
+
+
+@plugins_app.command("info")
+def plugins_info(
+    name: Annotated[str, typer.Argument(help="Component name.")],
+    kind: Annotated[str | None, typer.Option(help="Kind, when the name exists for several kinds.")] = None,
+) -> None:
+    """Show one component's manifest, entry point and weights (no import)."""
+    from crystal.plugins import list_plugins
+    from crystal.weights import list_weights
+
+    matches = [i for i in list_plugins(kind, include_disabled=True) if i.name == name]
+    if not matches:
+        import difflib
+
+        names = sorted({i.name for i in list_plugins(kind, include_disabled=True)})
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise PluginError(f"no plugin named {name!r}{hint}")
+    weights = None
+    for i in matches:
+        m = i.manifest
+        typer.echo(f"{i.kind} {i.name}\n  distribution: {i.distribution} {i.version}\n  entry point:  {i.value}")
+        typer.echo(f"  enabled:      {i.enabled}")
+        if m is not None:
+            typer.echo(f"  description:  {m.description}\n  consumes:     {m.consumes}\n  produces:     {m.produces}")
+            typer.echo(f"  devices:      {', '.join(m.devices)}")
+            if m.weights:
+                weights = weights if weights is not None else list_weights()
+                typer.echo(f"  weights:      (default: {m.default_weights})")
+                for w in m.weights:
+                    entry = weights.get(w)
+                    if entry is None:
+                        typer.echo(f"    {w}: NOT DECLARED in any manifest")
+                        continue
+                    e = entry[1]
+                    typer.echo(f"    {w}: {e.file}\n      sha256 {e.sha256}\n      licence {e.licence}; data: {e.training_data}")
+                    if e.metrics:
+                        typer.echo("      metrics: " + ", ".join(f"{k}={v}" for k, v in e.metrics.items()))
+        if i.manifest_error:
+            typer.echo(f"  problem:      {i.manifest_error}")
+
+
+@plugins_app.command("check")
+def plugins_check() -> None:
+    """Import every component, validate it against its manifest, load every hook module."""
+    from crystal.hooks import hook_load_errors, plugin_manager
+    from crystal.plugins import check_plugins
+
+    results = check_plugins()
+    bad = 0
+    for r in results:
+        status = "ok" if r.ok else "FAIL"
+        typer.echo(f"{status:<4} {r.info.kind} {r.info.name} ({r.info.distribution} {r.info.version})")
+        for p in r.problems:
+            typer.echo(f"       {p}")
+        bad += not r.ok
+    pm = plugin_manager()
+    for name, dist, err in hook_load_errors():
+        typer.echo(f"FAIL hooks {name} ({dist}): {err}")
+        bad += 1
+    try:
+        pm.check_pending()
+    except Exception as exc:
+        typer.echo(f"FAIL hooks: {exc}")
+        bad += 1
+    typer.echo(f"{len(results)} components checked, {bad} problem(s)")
+    if bad:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- pipelines
+def _pipeline_path(pipeline: Path | None) -> tuple[Path | None, str]:
+    if pipeline is not None:
+        return pipeline, str(pipeline)
+    return None, f"<default pipeline {DEFAULT_PIPELINE}>"
+
+
+def _load(pipeline: Path | None, overrides: list[str]) -> Any:
+    from crystal.pipeline import Pipeline
+    from crystal.pipeline.config import apply_overrides, parse_pipeline_config
+
+    if pipeline is not None:
+        return Pipeline.from_toml(pipeline, overrides)
+    import tomllib
+
+    text = resources.files("crystal_cli").joinpath(DEFAULT_PIPELINE).read_text(encoding="utf-8")
+    origin = f"<default pipeline {DEFAULT_PIPELINE}>"
+    data = apply_overrides(tomllib.loads(text), overrides, origin)
+    return Pipeline(parse_pipeline_config(data, origin), origin=origin)
+
+
+@app.command("validate")
+def validate(
+    pipeline: Annotated[Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default pipeline).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")] = None,
+) -> None:
+    """Validate a pipeline (schema, plugins, component configs) without running it."""
+    p = _load(pipeline, set_ or [])
+    p.check()
+    cfg = p.config
+    typer.echo(f"{p.origin}: valid — source {cfg.source.type}, {len(cfg.steps)} step(s) "
+               f"({', '.join(s.id for s in cfg.steps) or 'none'}), {len(cfg.sinks)} sink(s)")
+
+
+@app.command("run")
+def run(
+    pipeline: Annotated[Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default discovery pipeline).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the pipeline's).")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", "-o", help="Run directory (default runs/<name>-<time>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Resume the interrupted run in --run-dir.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; print only the run directory.")] = False,
+) -> None:
+    """Run a pipeline: source → steps → sinks, into a run directory with a manifest."""
+    if resume and run_dir is None:
+        raise ConfigError("--resume needs --run-dir DIR (the interrupted run's directory)")
+    p = _load(pipeline, set_ or [])
+    listeners = [] if quiet else [_ProgressListener()]
+    try:
+        result = p.run(run_dir, resume=resume, device=device, listeners=listeners)
+    finally:
+        for listener in listeners:
+            listener.close()
+    if quiet:
+        typer.echo(str(result.run_dir))
+        return
+    _print_summary(result)
+
+
+def _print_summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    counts = result.manifest.get("counts", {})
+    console.print(
+        f"[bold]{counts.get('inputs', 0)}[/] inputs: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+        f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates "
+        f"in {result.manifest['timings_s'].get('total', 0):.1f} s → {result.run_dir}"
+    )
+    batch = result.batch
+    if len(batch):
+        cols = [c for c in ("energy_per_atom", "converged", "relax_steps") if c in batch.crystal_properties]
+        cols += [c for c in batch.crystal_properties if c not in cols and c != "energy"][:4]
+        table = Table(title="results (first 10)")
+        for h in ("id", "formula", *cols):
+            table.add_column(h)
+        formulas = batch.formulas()
+        for k in range(min(10, len(batch))):
+            table.add_row(batch.ids[k], formulas[k], *(f"{float(batch.crystal_properties[c][k]):.4g}" for c in cols))
+        console.print(table)
+    for f in result.failures[:5]:
+        console.print(f"[red]failed[/] {f.id} at {f.step}: {f.reason}")
+    if len(result.failures) > 5:
+        console.print(f"... and {len(result.failures) - 5} more in {result.run_dir / 'failures.csv'}")
+
+
+class _ProgressListener:
+    """Rich progress bars driven by pipeline events."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[step]:<12}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.description}"), transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.started = False
+
+    def __call__(self, event: Any) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        step = event.step or "run"
+        if event.kind == "step_start":
+            self.tasks[step] = self.progress.add_task(event.message, step=step, total=event.total or None)
+        elif event.kind in ("progress", "step_end") and step in self.tasks:
+            kwargs: dict[str, Any] = {"description": event.message}
+            if event.done is not None:
+                kwargs["completed"] = event.done
+            if event.kind == "step_end" and event.total is not None:
+                kwargs["total"] = event.total
+                kwargs["completed"] = event.total
+            self.progress.update(self.tasks[step], **kwargs)
+        elif event.kind == "failure":
+            self.progress.console.print(f"[yellow]skipped[/] {event.message}")
+
+    def close(self) -> None:
+        if self.started:
+            self.progress.stop()
+
+
+# --------------------------------------------------------------------------- shortcuts
+def _shortcut(inputs: list[Path], steps: list[dict[str, Any]], sinks: list[dict[str, Any]], name: str,
+              device: str | None, run_dir: Path | None, quiet: bool) -> None:
+    from crystal.pipeline import Pipeline, parse_pipeline_config
+
+    data = {
+        "pipeline": {"name": name},
+        "source": {"type": "files", "paths": [str(p.resolve()) for p in inputs]},
+        "steps": steps,
+        "sinks": sinks,
+    }
+    p = Pipeline(parse_pipeline_config(data, f"crystal {name}"), origin=f"crystal {name}")
+    listeners = [] if quiet else [_ProgressListener()]
+    try:
+        result = p.run(run_dir, device=device, listeners=listeners)
+    finally:
+        for listener in listeners:
+            listener.close()
+    if quiet:
+        typer.echo(str(result.run_dir))
+    else:
+        _print_summary(result)
+
+
+@app.command("relax")
+def relax_cmd(
+    inputs: Annotated[list[Path], typer.Argument(help="Structure files, folders or globs (CIF, POSCAR, extxyz, JSON, CSV).")],
+    potential: Annotated[str, typer.Option("--potential", "-p", help="Potential plugin name.")] = "chgnet",
+    fmax: Annotated[float, typer.Option(help="Force convergence, eV/Å.")] = 0.1,
+    max_steps: Annotated[int, typer.Option(help="FIRE steps per structure at most.")] = 500,
+    fix_cell: Annotated[bool, typer.Option("--fix-cell", help="Relax positions only.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", "-o")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Relax structures with a potential (batched FIRE); writes CIFs, extxyz and a summary."""
+    steps = [{"id": "relax", "type": "relax", "potential": potential, "fmax": fmax, "max_steps": max_steps,
+              "relax_cell": not fix_cell}]
+    sinks = [{"type": "cif", "path": "relaxed"}, {"type": "extxyz", "path": "relaxed.extxyz"},
+             {"type": "csv", "path": "summary.csv"}]
+    _shortcut(inputs, steps, sinks, "relax", device, run_dir, quiet)
+
+
+@app.command("predict")
+def predict_cmd(
+    inputs: Annotated[list[Path], typer.Argument(help="Structure files, folders or globs.")],
+    encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder plugin name.")],
+    weights: Annotated[str | None, typer.Option(help="Named weights (see `crystal plugins info ENCODER`).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", "-o")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Predict properties of structures with an encoder; writes predictions.csv."""
+    config = {"weights": weights} if weights else {}
+    steps = [{"id": "predict", "type": "predict", "encoder": encoder, "config": config}]
+    _shortcut(inputs, steps, [{"type": "csv", "path": "predictions.csv"}], "predict", device, run_dir, quiet)
+
+
+# --------------------------------------------------------------------------- entry
+def _register_plugin_commands() -> None:
+    try:
+        from crystal.hooks import plugin_manager
+
+        plugin_manager().hook.register_commands(cli=app)
+    except Exception as exc:  # a broken plugin must not take the CLI down
+        typer.echo(f"warning: plugin commands could not be registered: {exc}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status."""
+    _register_plugin_commands()
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("CRYSTAL_DEBUG") == "1"
+    try:
+        app(args=argv, prog_name="crystal")  # standalone mode: usage errors exit 2 by themselves
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except (ConfigError, PluginError) as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    except CrystalError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
