@@ -165,7 +165,7 @@ def load_class(kind: str, name: str) -> type[Component]:
     Raises :class:`PluginNotFoundError` (with a did-you-mean), :class:`DuplicatePluginError`
     or :class:`PluginLoadError` (naming the plugin, the distribution and the error).
     """
-    from stevedore import DriverManager
+    from stevedore import DriverManager, ExtensionManager
     from stevedore.exception import NoMatches
 
     from crystal.components import Component, Kind
@@ -176,6 +176,10 @@ def load_class(kind: str, name: str) -> type[Component]:
     def on_failure(_manager: Any, _ep: Any, err: BaseException) -> None:
         failures.append(err)
 
+    # stevedore memoises entry points per namespace for the process' lifetime; drop that
+    # memo so plugins installed while the process runs are seen (its on-disk cache is keyed
+    # on sys.path and file mtimes, so it stays correct).
+    ExtensionManager.ENTRY_POINT_CACHE.pop(kind_group(info.kind), None)
     try:
         manager = DriverManager(
             namespace=kind_group(info.kind),
