@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from pymatgen.core import Lattice, Structure
-
 from crystal import CrystalBatch, StructureError
+from pymatgen.core import Lattice, Structure
 
 
 def _skewed() -> Structure:

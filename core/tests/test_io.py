@@ -1,15 +1,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from pymatgen.core import Lattice, Structure
-from pymatgen.io.cif import CifWriter
-
 from crystal import ConfigError, CrystalBatch
 from crystal.io import atomic_write, read_structures, write_structures
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
 
 
 def _nacl() -> Structure:
@@ -105,9 +103,13 @@ def test_multi_block_cif_and_extxyz_frames(tmp_path):
 def test_atomic_write_leaves_nothing_half_written(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_write(target) as fh:
-        fh.write("partial")
-        raise RuntimeError("boom")
+    def write_then_fail() -> None:
+        with atomic_write(target) as fh:
+            fh.write("partial")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        write_then_fail()
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import pytest
-
 from crystal.errors import PluginError
 from crystal.manifest import read_manifest
 
 
 def test_strict_schema_names_file_and_field(tmp_path):
-    path = tmp_path / "crystal-plugin.toml"
+    path = tmp_path / "crystal_plugin.toml"
     path.write_text('[plugin]\ndescription = "x"\n\n[[components]]\nkind = "model"\nname = "a"\ndescription = "b"\ncolour = 1\n')
     with pytest.raises(PluginError) as err:
         read_manifest(path)

@@ -3,20 +3,16 @@ from __future__ import annotations
 import csv
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from ase.build import bulk
+from crystal import ConfigError, PipelineError
+from crystal.pipeline import Pipeline, load_pipeline, run_pipeline
+from fakedist import forget_modules, make_dist
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
-
-from crystal import ConfigError, PipelineError
-from crystal.pipeline import Pipeline, load_pipeline, run_pipeline
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakedist import forget_modules, make_dist  # noqa: E402
 
 POTENTIALS = '''
 from crystal.errors import StructureError
@@ -253,7 +249,7 @@ def test_unknown_plugin_and_metric_fail_before_running(tmp_path, lj_plugin):
 def test_component_config_is_validated_before_running(tmp_path, lj_plugin):
     data = _pipeline(str(tmp_path))
     data["steps"][0]["config"] = {"epsilon": -1}
-    with pytest.raises(ConfigError, match="step 'relax'.*epsilon"):
+    with pytest.raises(ConfigError, match=r"step 'relax'.*epsilon"):
         Pipeline.from_dict(data).check()
 
 

@@ -6,12 +6,9 @@ import importlib
 import sys
 
 import pytest
-
 from crystal import DuplicatePluginError, PluginLoadError, PluginNotFoundError
 from crystal.plugins import check_plugins, list_plugins, load, load_class
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from fakedist import forget_modules, make_dist  # noqa: E402
+from fakedist import forget_modules, make_dist
 
 GOOD = '''
 from typing import ClassVar
@@ -67,9 +64,9 @@ def _good(site):
         "fake-good",
         {
             "crystal.encoders": {"count-atoms": "fake_good.enc:CountAtoms"},
-            "crystal.manifests": {"fake-good": "fake_good:crystal-plugin.toml"},
+            "crystal.manifests": {"fake-good": "fake_good:crystal_plugin.toml"},
         },
-        {"fake_good/__init__.py": "", "fake_good/enc.py": GOOD, "fake_good/crystal-plugin.toml": MANIFEST},
+        {"fake_good/__init__.py": "", "fake_good/enc.py": GOOD, "fake_good/crystal_plugin.toml": MANIFEST},
     )
 
 
@@ -135,7 +132,7 @@ def test_duplicate_names_name_both_distributions(site):
         {"crystal.encoders": {"count-atoms": "fake_dup.enc:CountAtoms"}},
         {"fake_dup/__init__.py": "", "fake_dup/enc.py": GOOD},
     )
-    with pytest.raises(DuplicatePluginError, match="fake-good.*fake-dup|fake-dup.*fake-good"):
+    with pytest.raises(DuplicatePluginError, match=r"fake-good.*fake-dup|fake-dup.*fake-good"):
         load_class("encoder", "count-atoms")
 
 
@@ -147,7 +144,7 @@ def test_wrong_kind_or_name_mismatch(site):
          "crystal.encoders": {"other-name": "fake_wrong.enc:CountAtoms"}},
         {"fake_wrong/__init__.py": "", "fake_wrong/enc.py": GOOD},
     )
-    with pytest.raises(PluginLoadError, match="not a subclass of crystal.Potential"):
+    with pytest.raises(PluginLoadError, match=r"not a subclass of crystal\.Potential"):
         load_class("potential", "count-atoms")
     with pytest.raises(PluginLoadError, match="declares name 'count-atoms'"):
         load_class("encoder", "other-name")

@@ -2,18 +2,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from crystal import WeightsError
 from crystal.manifest import WeightsManifest
 from crystal.weights import find_weights, list_weights, load_state_dict, resolve_weights
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakedist import forget_modules, make_dist  # noqa: E402
+from fakedist import forget_modules, make_dist
 
 
 def _entry(path: Path, sha: str | None = None, name: str = "w") -> WeightsManifest:
@@ -72,8 +68,8 @@ licence = "CC-BY-4.0"
 training_data = "synthetic"
 metrics = {{ mae_eV = 0.1 }}
 '''
-    make_dist(tmp_path, "fake-w", {"crystal.manifests": {"fake-w": "fake_w:crystal-plugin.toml"}},
-              {"fake_w/__init__.py": "", "fake_w/crystal-plugin.toml": manifest})
+    make_dist(tmp_path, "fake-w", {"crystal.manifests": {"fake-w": "fake_w:crystal_plugin.toml"}},
+              {"fake_w/__init__.py": "", "fake_w/crystal_plugin.toml": manifest})
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     try:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-
 from crystal.errors import ConfigError, CrystalError, PluginError
 
 app = typer.Typer(

@@ -67,7 +67,6 @@ def _volume_per_atom(batch: CrystalBatch) -> torch.Tensor:
 
 def _density(batch: CrystalBatch) -> torch.Tensor:
     import torch
-
     from ase.data import atomic_masses
 
     masses = torch.as_tensor(atomic_masses, dtype=batch.dtype, device=batch.device)[batch.atomic_numbers]

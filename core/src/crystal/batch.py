@@ -142,7 +142,8 @@ class CrystalBatch:
     @property
     def volumes(self) -> torch.Tensor:
         """(B,) cell volumes in Å³ (absolute value of the lattice determinant)."""
-        return torch.linalg.det(self.lattices).abs()
+        volumes: torch.Tensor = torch.linalg.det(self.lattices).abs()
+        return volumes
 
     # ------------------------------------------------------------------ tensor ops
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CrystalBatch:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ class CrystalCalculator(Calculator):  # type: ignore[misc]
     >>> atoms.calc = CrystalCalculator(crystal.load("potential", "chgnet"))
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, potential: Potential, *, dtype: torch.dtype = torch.float64, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-class Kind(str, enum.Enum):
+class Kind(enum.StrEnum):
     """The five kinds of component; the value is the entry-point group suffix."""
 
     REPRESENTATION = "representations"
@@ -118,6 +118,9 @@ class Component(abc.ABC):
 
     def __init__(self, config: ComponentConfig | Mapping[str, Any] | None = None, *, device: str = "auto", **overrides: Any) -> None:
         self.config = self.make_config(config, **overrides)
+        # "auto" picks the best device the component supports (CPU-only ones stay on the CPU)
+        if str(device).strip().lower() == "auto" and "cuda" not in self.devices:
+            device = "cpu"
         self.device = resolve_device(device)
         if self.device.type not in self.devices:
             raise ConfigError(f"{self.kind.singular} {self.name!r} supports devices {self.devices}, not {self.device.type!r}")
@@ -221,6 +224,23 @@ class GenerationConditions:
     formula_units: tuple[int, ...] | None = None
     space_groups: tuple[int, ...] | None = None
 
+    def __post_init__(self) -> None:
+        from crystal.elements import atomic_number
+
+        if self.space_groups is not None:
+            bad = [sg for sg in self.space_groups if not 1 <= int(sg) <= 230]
+            if bad:
+                raise ConfigError(f"conditions: space_groups {bad} are outside 1-230")
+        if self.formula_units is not None and any(int(z) < 1 for z in self.formula_units):
+            raise ConfigError(f"conditions: formula_units must be >= 1, got {list(self.formula_units)}")
+        for el in self.chemical_system or ():
+            try:
+                atomic_number(el)
+            except ValueError as exc:
+                raise ConfigError(f"conditions: chemical_system: {exc}") from None
+        if self.composition is not None and not self.composition.strip():
+            raise ConfigError("conditions: composition is empty")
+
 
 class Generator(Component):
     """Proposes crystals, optionally conditioned (composition, space group, ...)."""
@@ -309,8 +329,8 @@ class Potential(Component):
         present = set(torch.unique(batch.atomic_numbers).tolist())
         missing = sorted(present - set(self.elements))
         if missing:
-            from crystal.errors import StructureError
             from crystal.elements import symbol
+            from crystal.errors import StructureError
 
             raise StructureError(
                 f"potential {self.name!r} does not cover element(s) {', '.join(symbol(z) for z in missing)}"

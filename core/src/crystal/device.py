@@ -16,7 +16,7 @@ DeviceSpec = Literal["auto", "cpu", "cuda"] | str
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
 
-def resolve_device(device: "str | torch.device | None" = "auto") -> "torch.device":
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """Turn a device spec into a :class:`torch.device`.
 
     ``"auto"`` (or ``None``) picks ``cuda`` when available, else ``cpu``. Asking for a

@@ -21,8 +21,8 @@ import pluggy
 if TYPE_CHECKING:
     import typer
 
-    from crystal.registries import DatasetSpec, MetricSpec
     from crystal.events import PipelineEvent
+    from crystal.registries import DatasetSpec, MetricSpec
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 

@@ -4,8 +4,9 @@ A plugin distribution declares one manifest through the ``crystal.manifests`` en
 group, whose value names a TOML file inside a package (the napari npe2 convention)::
 
     [project.entry-points."crystal.manifests"]
-    crystal-chgnet = "crystal_chgnet:crystal-plugin.toml"
+    crystal-chgnet = "crystal_chgnet:crystal_plugin.toml"
 
+(setuptools validates entry-point values as dotted names, so the file name uses ``_``.)
 The file is located with :func:`importlib.util.find_spec` on the top-level package, which
 finds the package directory without executing it. Its schema is :class:`PluginManifest`
 (strict: unknown keys are errors)::
@@ -98,7 +99,7 @@ class PluginMeta(_Strict):
 
 
 class PluginManifest(_Strict):
-    """The whole ``crystal-plugin.toml`` file."""
+    """The whole ``crystal_plugin.toml`` file."""
 
     plugin: PluginMeta
     components: tuple[ComponentManifest, ...] = ()

@@ -152,7 +152,8 @@ def relax(
     atom_ids = torch.arange(N, device=device)
 
     def current_lattices(Xs: torch.Tensor) -> torch.Tensor:
-        return cell0 @ torch.linalg.matrix_exp(Xs / c[:, None, None]).transpose(1, 2)
+        lattices: torch.Tensor = cell0 @ torch.linalg.matrix_exp(Xs / c[:, None, None]).transpose(1, 2)
+        return lattices
 
     step = 0
     while True:

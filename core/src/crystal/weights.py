@@ -106,7 +106,7 @@ def _download(url: str, target: Path, name: str) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310
+        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=60) as resp:
             while block := resp.read(1 << 20):
                 fh.write(block)
         os.replace(tmp, target)

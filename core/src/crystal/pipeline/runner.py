@@ -239,19 +239,25 @@ class Pipeline:
         ctx = StepContext(run_dir=run_dir, emit=emit)
         plugins_used = []
         dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
+        def instantiate(kind: str, name: str, ccfg: dict[str, Any]) -> Component:
+            cls = load_class(kind, name)
+            # a component that cannot run on the run's device (e.g. a CPU-only generator on a
+            # GPU run) runs on the CPU; steps move batches to each component's device
+            return cls(ccfg, device=str(dev) if dev.type in cls.devices else "cpu")
+
         for step_id, kind, name, ccfg in self._components_needed():
-            comp = load_class(kind, name)(ccfg, device=str(dev))
+            comp = instantiate(kind, name, ccfg)
             comps: tuple[Component, ...] = (comp,)
             if kind == "characterizer":
                 step = next(s for s in cfg.steps if s.id == step_id)
                 rep_name = getattr(step, "representation", None) or comp.consumes
-                rep = load_class("representation", rep_name)(getattr(step, "representation_config", {}), device=str(dev))
-                comps = (rep, comp)
+                comps = (instantiate("representation", rep_name, getattr(step, "representation_config", {})), comp)
             ctx.components[step_id] = comps
             for c in comps:
                 info = dists.get((c.kind.singular, c.name))
                 plugins_used.append({
                     "step": step_id,
+                    "device": str(c.device),
                     "kind": c.kind.singular,
                     "name": c.name,
                     "component_version": c.version,
@@ -478,9 +484,9 @@ def _result_rows(all_ids: list[str], batch: CrystalBatch, failures: list[Failure
         by_id[f.id] = {"id": f.id, "status": "failed", "step": f.step, "reason": f.reason, "source": f.source or sources.get(f.id, "")}
     rows = []
     for ident in all_ids:
-        row = by_id.get(ident)
-        if row is None:  # should not happen: every input is accounted for
-            row = {"id": ident, "status": "failed", "step": "", "reason": "lost track of this input (bug)", "source": ""}
+        found = by_id.get(ident)
+        lost = {"id": ident, "status": "failed", "step": "", "reason": "lost track of this input (bug)", "source": ""}
+        row = found if found is not None else lost  # never expected: every input is accounted for
         rows.append(row)
     return rows
 

@@ -71,10 +71,11 @@ def _relax(step: RelaxStep, batch: CrystalBatch, ctx: StepContext) -> StageOutpu
             ctx.emit("progress", step.id, f"FIRE step {k}: {n_converged} converged, {n_active} running")
 
     res = relax(potential, batch, cfg, callback=progress)
-    out = res.batch
-    out.crystal_properties["energy_per_atom"] = res.energy / out.num_atoms.to(res.energy.dtype)
-    out.crystal_properties["converged"] = res.converged.to(res.energy.dtype)
-    out.crystal_properties["relax_steps"] = res.steps.to(res.energy.dtype)
+    out = res.batch.to(batch.device)
+    energy = out.crystal_properties["energy"]
+    out.crystal_properties["energy_per_atom"] = energy / out.num_atoms.to(energy.dtype)
+    out.crystal_properties["converged"] = res.converged.to(out.device, energy.dtype)
+    out.crystal_properties["relax_steps"] = res.steps.to(out.device, energy.dtype)
     if res.trajectory:
         from crystal.io import atomic_write
 
@@ -94,7 +95,7 @@ def _relax(step: RelaxStep, batch: CrystalBatch, ctx: StepContext) -> StageOutpu
 def _predict(step: PredictStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
     (encoder,) = ctx.components[step.id]
     assert isinstance(encoder, Encoder)
-    preds = encoder.predict(batch)
+    preds = {k: v.to(batch.device) for k, v in encoder.predict(batch.to(encoder.device)).items()}
     for target, value in preds.items():
         value = value.detach()
         if value.shape[0] == len(batch) and value.ndim == 1:
@@ -115,12 +116,12 @@ def _predict(step: PredictStep, batch: CrystalBatch, ctx: StepContext) -> StageO
 def _characterize(step: CharacterizeStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
     representation, characterizer = ctx.components[step.id]
     assert isinstance(representation, Representation) and isinstance(characterizer, Characterizer)
-    rep = representation.represent(batch)
+    rep = representation.represent(batch.to(representation.device))
     if "signal" not in rep:
         raise PipelineError(
             f"step {step.id!r}: representation {representation.name!r} produced {sorted(rep)}, not a 'signal'"
         )
-    scores = characterizer.characterize(rep["signal"])
+    scores = {k: v.to(batch.device) for k, v in characterizer.characterize(rep["signal"].to(characterizer.device)).items()}
     for head, probs in scores.items():
         p, k = probs.detach().max(dim=1)
         labels = characterizer.labels(head)

@@ -27,7 +27,8 @@ def random_rotation(generator: torch.Generator | None = None, dtype: torch.dtype
     q = q * torch.sign(torch.diagonal(r))[None, :]
     if torch.det(q) < 0:
         q[:, 0] = -q[:, 0]
-    return q.to(dtype)
+    rotation: torch.Tensor = q.to(dtype)
+    return rotation
 
 
 def rotate(batch: CrystalBatch, R: torch.Tensor) -> CrystalBatch:

@@ -1,0 +1,151 @@
+"""The `crystal` command line, end to end, in fresh interpreters."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from ase.build import bulk
+from pymatgen.io.ase import AseAtomsAdaptor
+from pymatgen.io.cif import CifWriter
+from support import crystal_cli
+
+
+def test_help_and_version():
+    r = crystal_cli("--help")
+    assert r.returncode == 0
+    for command in ("run", "validate", "relax", "predict", "plugins"):
+        assert command in r.stdout
+    r = crystal_cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("crystal ")
+
+
+def test_plugins_list_info_check():
+    r = crystal_cli("plugins", "list")
+    assert r.returncode == 0, r.stderr
+    assert "chgnet" in r.stdout and "pyxtal" in r.stdout
+    r = crystal_cli("plugins", "list", "--json", "--kind", "potential")
+    rows = json.loads(r.stdout)
+    assert {row["name"] for row in rows} >= {"chgnet"}
+    assert all(row["kind"] == "potential" for row in rows)
+    r = crystal_cli("plugins", "info", "chgnet")
+    assert r.returncode == 0 and "sha256" in r.stdout and "crystal-chgnet" in r.stdout
+    r = crystal_cli("plugins", "info", "chgnett")
+    assert r.returncode == 2 and "did you mean 'chgnet'" in r.stderr
+    r = crystal_cli("plugins", "check")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "0 problem(s)" in r.stdout
+
+
+def test_env_blocklist_hides_plugins():
+    r = crystal_cli("plugins", "list", env={"CRYSTAL_DISABLE_PLUGINS": "chgnet"})
+    assert "chgnet" not in r.stdout and "pyxtal" in r.stdout
+    r = crystal_cli("plugins", "list", env={"CRYSTAL_PLUGINS": "pyxtal"})
+    assert r.stdout.strip().startswith("generator") and "chgnet" not in r.stdout
+
+
+def _pipeline(tmp_path, body: str):
+    p = tmp_path / "p.toml"
+    p.write_text(body)
+    return p
+
+
+def test_validate_errors_exit_2_with_file_step_and_field(tmp_path):
+    p = _pipeline(tmp_path, """
+[source]
+type = "dataset"
+name = "dcdft"
+
+[[steps]]
+id = "relax"
+type = "relax"
+potential = "chgnet"
+fmax = "tight"
+""")
+    r = crystal_cli("validate", str(p))
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and str(p) in r.stderr
+    assert "step 'relax'" in r.stderr and "'fmax'" in r.stderr
+    assert "Traceback" not in r.stderr
+    p.write_text(p.read_text().replace('"tight"', "0.1").replace('"chgnet"', '"chgnett"'))
+    r = crystal_cli("validate", str(p))
+    assert r.returncode == 2 and "did you mean 'chgnet'" in r.stderr
+    r = crystal_cli("validate", str(p), "--set", "relax.potential='chgnet'")
+    assert r.returncode == 0, r.stderr
+    assert "valid" in r.stdout
+
+
+def test_malformed_and_missing_files_exit_2(tmp_path):
+    bad = _pipeline(tmp_path, "[source\n")
+    r = crystal_cli("run", str(bad))
+    assert r.returncode == 2 and "malformed TOML" in r.stderr
+    r = crystal_cli("run", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "cannot read pipeline file" in r.stderr
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    r = crystal_cli("validate", str(empty))
+    assert r.returncode == 2 and "empty" in r.stderr
+
+
+def test_default_pipeline_validates():
+    r = crystal_cli("validate")
+    assert r.returncode == 0, r.stderr
+    assert "default" in r.stdout
+
+
+def test_run_metrics_pipeline_quiet_and_resume_guard(tmp_path):
+    p = _pipeline(tmp_path, """
+[pipeline]
+name = "dens"
+
+[source]
+type = "dataset"
+name = "dcdft"
+limit = 5
+
+[[steps]]
+id = "m"
+type = "metrics"
+names = ["density"]
+
+[[sinks]]
+type = "csv"
+path = "summary.csv"
+""")
+    out = tmp_path / "run"
+    r = crystal_cli("run", str(p), "--run-dir", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(out)
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 5 and all(float(row["density"]) > 0 for row in rows)
+    r = crystal_cli("run", str(p), "--run-dir", str(out))
+    assert r.returncode == 2 and "not empty" in r.stderr
+    r = crystal_cli("run", str(p), "--resume")
+    assert r.returncode == 2 and "--run-dir" in r.stderr
+
+
+def test_relax_shortcut_with_chgnet(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k, (el, kind, a) in enumerate([("Si", "diamond", 5.5), ("Cu", "fcc", 3.7)]):
+        atoms = bulk(el, kind, a=a)
+        atoms.rattle(0.05, seed=k)
+        (inputs / f"{el}.cif").write_text(str(CifWriter(AseAtomsAdaptor.get_structure(atoms))))
+    (inputs / "bad.cif").write_text("not a cif")
+    out = tmp_path / "run"
+    r = crystal_cli("relax", str(inputs), "--fmax", "0.1", "--max-steps", "60", "--run-dir", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = {row["id"]: row for row in csv.DictReader((out / "results.csv").open())}
+    assert rows["bad"]["status"] == "failed"
+    assert rows["Si"]["status"] == "ok" and float(rows["Si"]["energy_per_atom"]) < -4.0
+    assert (out / "relaxed" / "Si.cif").is_file() and (out / "relaxed.extxyz").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (plugin,) = manifest["plugins"]
+    assert plugin["name"] == "chgnet" and plugin["weights"][0]["sha256"]
+
+
+@pytest.mark.parametrize("args", [["relax"], ["predict", "x.cif"]])
+def test_usage_errors(args):
+    r = crystal_cli(*args)
+    assert r.returncode == 2
