@@ -22,18 +22,19 @@ def _argon_set():
 
 @pytest.fixture(scope="module")
 def lj():
-    return LennardJones(device="cpu")
+    return LennardJones(device="cpu", cutoff=6.0)
 
 
 def test_matches_ase_fire_with_frechet_filter_structure_by_structure(lj):
-    atoms = _argon_set()
-    res = relax(lj, CrystalBatch.from_atoms(atoms), fmax=1e-3, max_steps=1000)
+    # ASE's filter is slow here (scipy logm/expm_frechet on 3x3 matrices), so two crystals
+    atoms = [_argon_set()[0], _argon_set()[2]]
+    res = relax(lj, CrystalBatch.from_atoms(atoms), fmax=2e-3, max_steps=1000)
     assert res.converged.all()
     for k, a in enumerate(atoms):
         ref = a.copy()
         ref.calc = CrystalCalculator(lj)
         opt = FIRE(FrechetCellFilter(ref), logfile=None)
-        opt.run(fmax=1e-3, steps=1000)
+        opt.run(fmax=2e-3, steps=1000)
         assert int(res.steps[k]) == opt.nsteps
         assert float(res.energy[k]) == pytest.approx(ref.get_potential_energy(), abs=1e-8)
         relaxed = res.batch.to_atoms()[k]
