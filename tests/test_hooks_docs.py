@@ -370,4 +370,4 @@ def test_hook_pipeline_event(tmp_path, caplog):
     assert seen[2].done == 4 and seen[-2].done == 2  # source read 4 crystals, rank kept 2
     assert raised == [e.kind for e in seen]  # the broken one was called for every event too
     assert also_listened == [e.kind for e in seen]  # explicit listeners get the same events
-    assert "pipeline_event hook of test-pipeline-event-broken failed: listener bug" in caplog.text
+    assert "hook pipeline_event of plugin test-pipeline-event-broken failed: listener bug" in caplog.text

@@ -39,7 +39,9 @@ def _crystal(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     """``crystal ARGS`` in a fresh interpreter of this environment."""
     environ = {k: v for k, v in os.environ.items() if k not in ("CRYSTAL_PLUGINS", "CRYSTAL_DISABLE_PLUGINS")}
     environ.update(env)
-    return _run([sys.executable, "-m", "crystal_cli", *args], cwd, environ)
+    script = Path(sys.executable).with_name("crystal")  # the console script of this environment
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "crystal_cli"]
+    return _run([*command, *args], cwd, environ)
 
 
 def _show(proc: subprocess.CompletedProcess[str]) -> str:

@@ -136,7 +136,8 @@ def test_resume_redoes_nothing_finished(tmp_path, lj_plugin):
     with pytest.raises(Stop):
         run_pipeline(data, tmp_path / "run", listeners=[interrupt])
     first = {i for call in pot.CALLS for i in call}
-    assert first and json.loads((tmp_path / "run" / "manifest.json").read_text())["status"] == "running"
+    interrupted = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert first and interrupted["status"] == "failed" and "Stop" in interrupted["error"]
     with pytest.raises(ConfigError, match="not empty"):
         run_pipeline(data, tmp_path / "run")
     changed = json.loads(json.dumps(data))

@@ -341,12 +341,10 @@ def predict_cmd(
 
 # --------------------------------------------------------------------------- entry
 def _register_plugin_commands() -> None:
-    try:
-        from crystal.hooks import plugin_manager
+    from crystal.hooks import call_isolated
 
-        plugin_manager().hook.register_commands(cli=app)
-    except Exception as exc:  # a broken plugin must not take the CLI down
-        typer.echo(f"warning: plugin commands could not be registered: {exc}", err=True)
+    for plugin, exc in call_isolated("register_commands", cli=app):  # a broken plugin must not take the CLI down
+        typer.echo(f"warning: plugin {plugin!r} could not register its commands: {exc}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

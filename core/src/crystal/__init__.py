@@ -74,34 +74,34 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from crystal.batch import CrystalBatch
-    from crystal.calculator import CrystalCalculator
+    from crystal.batch import CrystalBatch as CrystalBatch
+    from crystal.calculator import CrystalCalculator as CrystalCalculator
     from crystal.components import (
-        Characterizer,
-        Component,
-        ComponentConfig,
-        Encoder,
-        GenerationConditions,
-        Generator,
-        Kind,
-        Potential,
-        PotentialOutput,
-        Representation,
+        Characterizer as Characterizer,
+        Component as Component,
+        ComponentConfig as ComponentConfig,
+        Encoder as Encoder,
+        GenerationConditions as GenerationConditions,
+        Generator as Generator,
+        Kind as Kind,
+        Potential as Potential,
+        PotentialOutput as PotentialOutput,
+        Representation as Representation,
     )
-    from crystal.device import resolve_device
+    from crystal.device import resolve_device as resolve_device
     from crystal.errors import (
-        ConfigError,
-        CrystalError,
-        DuplicatePluginError,
-        PipelineError,
-        PluginError,
-        PluginLoadError,
-        PluginNotFoundError,
-        StructureError,
-        WeightsError,
+        ConfigError as ConfigError,
+        CrystalError as CrystalError,
+        DuplicatePluginError as DuplicatePluginError,
+        PipelineError as PipelineError,
+        PluginError as PluginError,
+        PluginLoadError as PluginLoadError,
+        PluginNotFoundError as PluginNotFoundError,
+        StructureError as StructureError,
+        WeightsError as WeightsError,
     )
-    from crystal.hookspecs import hookimpl
-    from crystal.io import read_structures, write_structures
-    from crystal.pipeline import Pipeline, load_pipeline, run_pipeline
-    from crystal.plugins import list_plugins, load, load_class
-    from crystal.relax import RelaxResult, relax
+    from crystal.hookspecs import hookimpl as hookimpl
+    from crystal.io import read_structures as read_structures, write_structures as write_structures
+    from crystal.pipeline import Pipeline as Pipeline, load_pipeline as load_pipeline, run_pipeline as run_pipeline
+    from crystal.plugins import list_plugins as list_plugins, load as load, load_class as load_class
+    from crystal.relax import RelaxResult as RelaxResult, relax as relax

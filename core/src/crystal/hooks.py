@@ -14,7 +14,7 @@ import pluggy
 from crystal import hookspecs
 from crystal.plugins import _enabled
 
-__all__ = ["HOOKS_GROUP", "hook_load_errors", "plugin_manager", "reset_plugin_manager"]
+__all__ = ["HOOKS_GROUP", "call_isolated", "hook_load_errors", "plugin_manager", "reset_plugin_manager"]
 
 HOOKS_GROUP = "crystal.hooks"
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ def plugin_manager() -> pluggy.PluginManager:
         seen: set[str] = set()
         for ep in metadata.entry_points(group=HOOKS_GROUP):
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "<unknown>"
-            if ep.name in seen or not _enabled("hooks", ep.name, dist):
+            # crystal-core's own hooks (built-in datasets and metrics) are never filtered out
+            if ep.name in seen or (dist != "crystal-core" and not _enabled("hooks", ep.name, dist)):
                 continue
             seen.add(ep.name)
             try:
@@ -55,3 +56,18 @@ def hook_load_errors() -> list[tuple[str, str, str]]:
     """``(plugin, distribution, error)`` for hook modules that failed to load."""
     plugin_manager()
     return list(_errors)
+
+
+def call_isolated(hook_name: str, **kwargs: object) -> list[tuple[str, BaseException]]:
+    """Call every implementation of ``hook_name``; one that raises is logged and skipped.
+
+    Returns ``(plugin name, exception)`` for the implementations that failed.
+    """
+    failed: list[tuple[str, BaseException]] = []
+    for impl in getattr(plugin_manager().hook, hook_name).get_hookimpls():
+        try:
+            impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+        except Exception as exc:
+            log.warning("hook %s of plugin %s failed: %s", hook_name, impl.plugin_name, exc)
+            failed.append((impl.plugin_name, exc))
+    return failed

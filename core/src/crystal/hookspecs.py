@@ -42,7 +42,7 @@ def register_commands(cli: typer.Typer) -> None:
 
 @hookspec
 def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
-    """Make named datasets available to pipelines (``source = {dataset = "name"}``).
+    """Make named datasets available to pipelines (``[source] type = "dataset", name = "..."``).
 
     Call ``register(DatasetSpec(name=..., description=..., load=...))`` once per dataset;
     ``load(limit)`` returns ``(ids, structures)``.

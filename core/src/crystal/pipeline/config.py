@@ -136,7 +136,7 @@ class RelaxStep(_Step):
     relax_cell: bool = Field(True, description="relax the lattice too")
     scalar_pressure: float = Field(0.0, description="eV/Å³")
     trajectory_every: int = Field(
-        0, ge=0, description="write trajectories/<step>.extxyz with a frame every N steps (0: none)"
+        0, ge=0, description="write trajectories/<step>-chunk<N>.extxyz with a frame every N FIRE steps (0: none)"
     )
 
 

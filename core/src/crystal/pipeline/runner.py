@@ -147,6 +147,13 @@ class Pipeline:
                 except (PluginError, ConfigError) as exc:
                     problems.append(f"{where}: field 'representation': {exc}")
         src = self.config.source
+        if isinstance(src, FilesSource):
+            from crystal.io import expand_paths
+
+            try:
+                expand_paths(self._source_paths(src))
+            except ConfigError as exc:
+                problems.append(f"{self.origin}: source: field 'paths': {exc}")
         if isinstance(src, DatasetSource):
             known = datasets()
             if src.name not in known:
@@ -229,138 +236,151 @@ class Pipeline:
             "timings_s": {},
         }
         _write_json(manifest_path, manifest)
-        _seed_everything(meta.seed)
-        t_run = time.perf_counter()
-        emit("run_start", message=f"pipeline {meta.name!r} on {dev}")
+        try:
+            _seed_everything(meta.seed)
+            t_run = time.perf_counter()
+            emit("run_start", message=f"pipeline {meta.name!r} on {dev}")
 
-        # components: loaded once per run
-        from crystal.plugins import list_plugins, load_class
+            # components: loaded once per run
+            from crystal.plugins import list_plugins, load_class
 
-        ctx = StepContext(run_dir=run_dir, emit=emit)
-        plugins_used = []
-        dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
-        def instantiate(kind: str, name: str, ccfg: dict[str, Any]) -> Component:
-            cls = load_class(kind, name)
-            # a component that cannot run on the run's device (e.g. a CPU-only generator on a
-            # GPU run) runs on the CPU; steps move batches to each component's device
-            return cls(ccfg, device=str(dev) if dev.type in cls.devices else "cpu")
+            ctx = StepContext(run_dir=run_dir, emit=emit)
+            plugins_used = []
+            dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
+            def instantiate(kind: str, name: str, ccfg: dict[str, Any]) -> Component:
+                cls = load_class(kind, name)
+                # a component that cannot run on the run's device (e.g. a CPU-only generator on a
+                # GPU run) runs on the CPU; steps move batches to each component's device
+                return cls(ccfg, device=str(dev) if dev.type in cls.devices else "cpu")
 
-        for step_id, kind, name, ccfg in self._components_needed():
-            comp = instantiate(kind, name, ccfg)
-            comps: tuple[Component, ...] = (comp,)
-            if kind == "characterizer":
-                step = next(s for s in cfg.steps if s.id == step_id)
-                rep_name = getattr(step, "representation", None) or comp.consumes
-                comps = (instantiate("representation", rep_name, getattr(step, "representation_config", {})), comp)
-            ctx.components[step_id] = comps
-            for c in comps:
-                info = dists.get((c.kind.singular, c.name))
-                plugins_used.append({
-                    "step": step_id,
-                    "device": str(c.device),
-                    "kind": c.kind.singular,
-                    "name": c.name,
-                    "component_version": c.version,
-                    "distribution": info.distribution if info else None,
-                    "distribution_version": info.version if info else None,
-                    "config": c.config.model_dump(mode="json"),
-                    "weights": [_weights_record(w) for w in c.weights_in_use()],
-                })
-        manifest["plugins"] = plugins_used
+            for step_id, kind, name, ccfg in self._components_needed():
+                comp = instantiate(kind, name, ccfg)
+                comps: tuple[Component, ...] = (comp,)
+                if kind == "characterizer":
+                    step = next(s for s in cfg.steps if s.id == step_id)
+                    rep_name = getattr(step, "representation", None) or comp.consumes
+                    comps = (instantiate("representation", rep_name, getattr(step, "representation_config", {})), comp)
+                ctx.components[step_id] = comps
+                for c in comps:
+                    info = dists.get((c.kind.singular, c.name))
+                    plugins_used.append({
+                        "step": step_id,
+                        "device": str(c.device),
+                        "kind": c.kind.singular,
+                        "name": c.name,
+                        "component_version": c.version,
+                        "distribution": info.distribution if info else None,
+                        "distribution_version": info.version if info else None,
+                        "config": c.config.model_dump(mode="json"),
+                        "weights": [_weights_record(w) for w in c.weights_in_use()],
+                    })
+            manifest["plugins"] = plugins_used
 
-        # ---- source
-        t0 = time.perf_counter()
-        src_ckpt = state / "source.pt"
-        if resume and src_ckpt.is_file():
-            source = load_checkpoint(src_ckpt, dev)
-        else:
-            emit("step_start", "source", f"source: {cfg.source.type}")
-            source = self._read_source(ctx, dev)
-            save_checkpoint(src_ckpt, source)
-        manifest["timings_s"]["source"] = round(time.perf_counter() - t0, 3)
-        all_ids = list(source.batch.ids) + [f.id for f in source.failures]
-        inputs_info = {i: str(inf.get("source", "")) for i, inf in zip(source.batch.ids, source.batch.info, strict=True)}
-        emit("step_end", "source", f"{len(source.batch)} crystals, {len(source.failures)} failed",
-             done=len(source.batch), total=len(all_ids))
-
-        failures = list(source.failures)
-        dropped: list[Dropped] = []
-        batch = source.batch
-
-        # ---- stages
-        stages: list[list[Any]] = []
-        for step in cfg.steps:
-            if step.type in MAP_STEPS and stages and stages[-1][0].type in MAP_STEPS:
-                stages[-1].append(step)
-            else:
-                stages.append([step])
-        for k, stage in enumerate(stages):
+            # ---- source
             t0 = time.perf_counter()
-            names = "+".join(s.id for s in stage)
-            if stage[0].type in MAP_STEPS:
-                parts: list[CrystalBatch] = []
-                n_chunks = max(1, -(-len(batch) // meta.chunk_size))
-                for s in stage:
+            src_ckpt = state / "source.pt"
+            emit("step_start", "source", f"source: {cfg.source.type}")
+            if resume and src_ckpt.is_file():
+                source = load_checkpoint(src_ckpt, dev)
+            else:
+                source = self._read_source(ctx, dev)
+                save_checkpoint(src_ckpt, source)
+            manifest["timings_s"]["source"] = round(time.perf_counter() - t0, 3)
+            all_ids = list(source.batch.ids) + [f.id for f in source.failures]
+            inputs_info = {i: str(inf.get("source", "")) for i, inf in zip(source.batch.ids, source.batch.info, strict=True)}
+            emit("step_end", "source", f"{len(source.batch)} crystals, {len(source.failures)} failed",
+                 done=len(source.batch), total=len(all_ids))
+
+            failures = list(source.failures)
+            dropped: list[Dropped] = []
+            batch = source.batch
+
+            # ---- stages
+            stages: list[list[Any]] = []
+            for step in cfg.steps:
+                if step.type in MAP_STEPS and stages and stages[-1][0].type in MAP_STEPS:
+                    stages[-1].append(step)
+                else:
+                    stages.append([step])
+            for k, stage in enumerate(stages):
+                t0 = time.perf_counter()
+                names = "+".join(s.id for s in stage)
+                if stage[0].type in MAP_STEPS:
+                    parts: list[CrystalBatch] = []
+                    n_chunks = max(1, -(-len(batch) // meta.chunk_size))
+                    for s in stage:
+                        emit("step_start", s.id, f"{s.type} on {len(batch)} crystals", done=0, total=len(batch))
+                    done = 0
+                    for j, chunk in enumerate(batch.split(meta.chunk_size) if len(batch) else [batch]):
+                        ckpt = state / f"stage{k:02d}-chunk{j:05d}.pt"
+                        if resume and ckpt.is_file():
+                            out = load_checkpoint(ckpt, dev)
+                        else:
+                            ctx.chunk_index = j
+                            out = StageOutput(chunk)
+                            for s in stage:
+                                res = run_map_step(s, out.batch, ctx)
+                                out = StageOutput(res.batch, out.failures + res.failures)
+                            save_checkpoint(ckpt, out)
+                        parts.append(out.batch)
+                        failures += out.failures
+                        done += len(chunk)
+                        for s in stage:
+                            emit("progress", s.id, f"chunk {j + 1}/{n_chunks}", done=done, total=len(batch))
+                    batch = CrystalBatch.concat(parts) if parts else batch
+                    for s in stage:
+                        emit("step_end", s.id, f"{len(batch)} crystals remain", done=len(batch), total=len(batch))
+                else:
+                    (s,) = stage
+                    ckpt = state / f"stage{k:02d}.pt"
                     emit("step_start", s.id, f"{s.type} on {len(batch)} crystals", done=0, total=len(batch))
-                done = 0
-                for j, chunk in enumerate(batch.split(meta.chunk_size) if len(batch) else [batch]):
-                    ckpt = state / f"stage{k:02d}-chunk{j:05d}.pt"
                     if resume and ckpt.is_file():
                         out = load_checkpoint(ckpt, dev)
                     else:
-                        ctx.chunk_index = j
-                        out = StageOutput(chunk)
-                        for s in stage:
-                            res = run_map_step(s, out.batch, ctx)
-                            out = StageOutput(res.batch, out.failures + res.failures)
+                        out = run_global_step(s, batch)
                         save_checkpoint(ckpt, out)
-                    parts.append(out.batch)
+                    batch = out.batch
+                    dropped += out.dropped
                     failures += out.failures
-                    done += len(chunk)
-                    for s in stage:
-                        emit("progress", s.id, f"chunk {j + 1}/{n_chunks}", done=done, total=len(batch))
-                batch = CrystalBatch.concat(parts) if parts else batch
-                for s in stage:
                     emit("step_end", s.id, f"{len(batch)} crystals remain", done=len(batch), total=len(batch))
-            else:
-                (s,) = stage
-                ckpt = state / f"stage{k:02d}.pt"
-                emit("step_start", s.id, f"{s.type} on {len(batch)} crystals", done=0, total=len(batch))
-                if resume and ckpt.is_file():
-                    out = load_checkpoint(ckpt, dev)
-                else:
-                    out = run_global_step(s, batch)
-                    save_checkpoint(ckpt, out)
-                batch = out.batch
-                dropped += out.dropped
-                failures += out.failures
-                emit("step_end", s.id, f"{len(batch)} crystals remain", done=len(batch), total=len(batch))
-            manifest["timings_s"][names] = round(time.perf_counter() - t0, 3)
+                manifest["timings_s"][names] = round(time.perf_counter() - t0, 3)
 
-        # ---- outputs
-        t0 = time.perf_counter()
-        rows = _result_rows(all_ids, batch, failures, dropped, inputs_info)
-        _write_rows(run_dir / "results.csv", rows)
-        _write_rows(run_dir / "failures.csv", [r for r in rows if r["status"] == "failed"],
-                    fields=["id", "status", "step", "reason", "source"])
-        outputs = ["results.csv", "failures.csv"]
-        for sink in cfg.sinks:
-            outputs += self._write_sink(sink, batch, run_dir)
-        manifest["timings_s"]["sinks"] = round(time.perf_counter() - t0, 3)
-        manifest["timings_s"]["total"] = round(time.perf_counter() - t_run, 3)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        manifest.update(
-            status="complete",
-            finished=_dt.datetime.now(_dt.UTC).isoformat(),
-            counts={"inputs": len(all_ids), **counts},
-            outputs=outputs,
-        )
-        _write_json(manifest_path, manifest)
-        emit("run_end", message=f"{counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
-             f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates -> {run_dir}")
-        return RunResult(run_dir, batch, rows, failures, dropped, manifest)
+            # ---- outputs
+            t0 = time.perf_counter()
+            rows = _result_rows(all_ids, batch, failures, dropped, inputs_info)
+            _write_rows(run_dir / "results.csv", rows)
+            _write_rows(run_dir / "failures.csv", [r for r in rows if r["status"] == "failed"],
+                        fields=["id", "status", "step", "reason", "source"])
+            outputs = ["results.csv", "failures.csv"]
+            for sink in cfg.sinks:
+                outputs += self._write_sink(sink, batch, run_dir)
+            manifest["timings_s"]["sinks"] = round(time.perf_counter() - t0, 3)
+            manifest["timings_s"]["total"] = round(time.perf_counter() - t_run, 3)
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            manifest.update(
+                status="complete",
+                finished=_dt.datetime.now(_dt.UTC).isoformat(),
+                counts={"inputs": len(all_ids), **counts},
+                outputs=outputs,
+            )
+            _write_json(manifest_path, manifest)
+            emit("run_end", message=f"{counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+                 f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates -> {run_dir}")
+            return RunResult(run_dir, batch, rows, failures, dropped, manifest)
+        except BaseException as exc:
+            # leave an honest manifest behind: the run failed or was interrupted, never 'running'
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            manifest.update(
+                status="interrupted" if interrupted else "failed",
+                error=f"{type(exc).__name__}: {exc}",
+                finished=_dt.datetime.now(_dt.UTC).isoformat(),
+            )
+            _write_json(manifest_path, manifest)
+            if not interrupted:
+                emit("failure", message=f"run failed: {type(exc).__name__}: {exc}", data={"error": str(exc)})
+            raise
 
     # ------------------------------------------------------------------ helpers
     def _read_source(self, ctx: StepContext, dev: torch.device) -> StageOutput:
@@ -368,8 +388,7 @@ class Pipeline:
         meta = self.config.pipeline
         failures: list[Failure] = []
         if isinstance(src, FilesSource):
-            res = read_structures([str(self.base_dir / p) if not Path(p).is_absolute() else p for p in src.paths],
-                                  format=src.format, limit=src.limit, id_column=src.id_column)
+            res = read_structures(self._source_paths(src), format=src.format, limit=src.limit, id_column=src.id_column)
             batch = res.to_batch()
             failures += res.failures
         elif isinstance(src, DatasetSource):
@@ -409,6 +428,9 @@ class Pipeline:
             ctx.emit("failure", "source", f"{f.id}: {f.reason}", data={"id": f.id, "reason": f.reason})
         return StageOutput(batch.select(keep), failures)
 
+    def _source_paths(self, src: FilesSource) -> list[str]:
+        return [p if Path(p).is_absolute() else str(self.base_dir / p) for p in src.paths]
+
     def _write_sink(self, sink: Any, batch: CrystalBatch, run_dir: Path) -> list[str]:
         target = run_dir / sink.path
         if isinstance(sink, StructureSink):
@@ -445,15 +467,9 @@ def _weights_record(name: str) -> dict[str, Any]:
 
 
 def _dispatch(event: PipelineEvent, listeners: list[Listener]) -> None:
-    import logging
+    from crystal.hooks import call_isolated
 
-    from crystal.hooks import plugin_manager
-
-    for impl in plugin_manager().hook.pipeline_event.get_hookimpls():
-        try:
-            impl.function(event=event)
-        except Exception as exc:  # a listener must never stop a run
-            logging.getLogger("crystal.pipeline").warning("pipeline_event hook of %s failed: %s", impl.plugin_name, exc)
+    call_isolated("pipeline_event", event=event)  # a listener must never stop a run
     for listener in listeners:
         listener(event)
 

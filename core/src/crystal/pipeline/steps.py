@@ -42,6 +42,15 @@ class StepContext:
     components: dict[str, tuple[Component, ...]] = field(default_factory=dict)
     emit: Callable[..., None] = lambda *a, **k: None
     chunk_index: int = 0
+    _metrics: dict[str, Any] | None = None
+
+    def metrics(self) -> dict[str, Any]:
+        """Registered metrics, collected once per run."""
+        if self._metrics is None:
+            from crystal.registries import metrics
+
+            self._metrics = metrics()
+        return self._metrics
 
 
 # ----------------------------------------------------------------------------- map
@@ -133,9 +142,7 @@ def _characterize(step: CharacterizeStep, batch: CrystalBatch, ctx: StepContext)
 
 
 def _metrics(step: MetricsStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
-    from crystal.registries import metrics
-
-    registered = metrics()
+    registered = ctx.metrics()
     for name in step.names:
         batch.crystal_properties[name] = registered[name].compute(batch).to(batch.dtype)
     return StageOutput(batch)

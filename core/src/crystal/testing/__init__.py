@@ -6,8 +6,8 @@
   :func:`assert_forces_match_finite_differences` — symmetry and consistency checks for any
   component.
 * :class:`LennardJones` — a small, exact, differentiable reference potential.
-* :mod:`crystal.testing.contracts` — the contract test-suite every installed plugin must
-  pass (``pytest --pyargs crystal.testing.contracts``).
+* :mod:`crystal.testing.contracts` — the contract every installed plugin must honour, as
+  functions to call from a test: ``check_plugin("potential", "my-potential")``.
 """
 
 from __future__ import annotations
