@@ -1,0 +1,35 @@
+"""GPU checks (marked ``gpu``; skipped where CUDA is absent)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ase.build import bulk
+
+from crystal import CrystalBatch
+from crystal.relax import relax
+from crystal.testing import LennardJones
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def test_batch_moves_to_cuda_and_back():
+    batch = CrystalBatch.from_atoms([bulk("Cu", "fcc", a=3.6), bulk("Si", "diamond", a=5.43)])
+    gpu = batch.to("cuda")
+    assert gpu.device.type == "cuda" and gpu.batch.device.type == "cuda"
+    torch.testing.assert_close(gpu.cart_coords.cpu(), batch.cart_coords)
+    assert gpu.select([1]).ids == ["1"]
+
+
+def test_relax_on_cuda_matches_cpu():
+    atoms = bulk("Ar", "fcc", a=5.6) * (2, 1, 1)
+    atoms.rattle(0.2, seed=1)
+    batch = CrystalBatch.from_atoms([atoms, bulk("Ar", "sc", a=3.5)])
+    cpu = relax(LennardJones(device="cpu", cutoff=6.0), batch, fmax=1e-3)
+    gpu = relax(LennardJones(device="cuda", cutoff=6.0), batch, fmax=1e-3)
+    assert gpu.batch.device.type == "cuda"
+    torch.testing.assert_close(gpu.energy.cpu(), cpu.energy, atol=1e-8, rtol=0)
+    assert gpu.steps.tolist() == cpu.steps.tolist()
