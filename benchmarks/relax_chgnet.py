@@ -68,6 +68,7 @@ def load_structures(data: Path, n: int, carbon_fraction: float, seed: int, rattl
 def run_batched(structures, names, args):
     """Core's batched FIRE with the crystal CHGNet plugin; returns (seconds, energies, steps, converged, profile)."""
     import torch
+
     from crystal.batch import CrystalBatch
     from crystal.relax import relax
     from crystal_chgnet.potential import CHGNetPotential

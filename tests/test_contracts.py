@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from crystal.plugins import list_plugins
 from crystal.testing.contracts import check_plugin, check_potential
 from crystal.testing.potentials import LennardJones

@@ -25,6 +25,7 @@ from typing import Any
 
 import pluggy
 import pytest
+
 from crystal import hookspecs
 from crystal.errors import ConfigError, StructureError
 from crystal.hooks import plugin_manager
@@ -177,8 +178,9 @@ def _write_cifs(folder: Path) -> Path:
 
 def test_hook_register_commands(capsys):
     import typer
-    from crystal_cli.main import app, main
     from typer.testing import CliRunner
+
+    from crystal_cli.main import app, main
 
     class CommandsPlugin:
         @hookimpl
@@ -257,6 +259,7 @@ def test_hook_register_datasets(tmp_path):
 
 def test_hook_register_metrics(tmp_path):
     import torch
+
     from crystal.pipeline import run_pipeline
     from crystal.registries import MetricSpec, metrics
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from crystal import CrystalBatch, StructureError
 from pymatgen.core import Lattice, Structure
+
+from crystal import CrystalBatch, StructureError
 
 
 def _skewed() -> Structure:

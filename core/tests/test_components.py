@@ -4,9 +4,10 @@ from typing import ClassVar
 
 import pytest
 import torch
+from pydantic import Field
+
 from crystal import ComponentConfig, ConfigError, Encoder, Kind, Potential, PotentialOutput
 from crystal.batch import CrystalBatch
-from pydantic import Field
 
 
 class _Cfg(ComponentConfig):

@@ -4,10 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from crystal import ConfigError, CrystalBatch
-from crystal.io import atomic_write, read_structures, write_structures
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
+
+from crystal import ConfigError, CrystalBatch
+from crystal.io import atomic_write, read_structures, write_structures
 
 
 def _nacl() -> Structure:

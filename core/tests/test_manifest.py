@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from crystal.errors import PluginError
 from crystal.manifest import read_manifest
 

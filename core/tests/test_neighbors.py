@@ -3,9 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pymatgen.core import Lattice, Structure
+
 from crystal import CrystalBatch
 from crystal.neighbors import radius_graph
-from pymatgen.core import Lattice, Structure
 
 
 def _pairs_pymatgen(s: Structure, cutoff: float) -> list[tuple[int, int, tuple[int, int, int], float]]:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from ase.build import bulk
-from crystal import ConfigError, PipelineError
-from crystal.pipeline import Pipeline, load_pipeline, run_pipeline
 from fakedist import forget_modules, make_dist
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
+
+from crystal import ConfigError, PipelineError
+from crystal.pipeline import Pipeline, load_pipeline, run_pipeline
 
 POTENTIALS = '''
 from crystal.errors import StructureError

@@ -6,9 +6,10 @@ import importlib
 import sys
 
 import pytest
+from fakedist import forget_modules, make_dist
+
 from crystal import DuplicatePluginError, PluginLoadError, PluginNotFoundError
 from crystal.plugins import check_plugins, list_plugins, load, load_class
-from fakedist import forget_modules, make_dist
 
 GOOD = '''
 from typing import ClassVar

@@ -6,6 +6,7 @@ import torch
 from ase.build import bulk
 from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
+
 from crystal import CrystalBatch, CrystalCalculator, StructureError
 from crystal.relax import relax
 from crystal.testing import LennardJones

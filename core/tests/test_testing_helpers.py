@@ -7,6 +7,7 @@ import pytest
 import torch
 from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLJ
+
 from crystal import CrystalBatch
 from crystal.testing import (
     LennardJones,

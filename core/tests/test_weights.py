@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from fakedist import forget_modules, make_dist
+
 from crystal import WeightsError
 from crystal.manifest import WeightsManifest
 from crystal.weights import find_weights, list_weights, load_state_dict, resolve_weights
-from fakedist import forget_modules, make_dist
 
 
 def _entry(path: Path, sha: str | None = None, name: str = "w") -> WeightsManifest:

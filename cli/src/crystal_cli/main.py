@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from crystal.errors import ConfigError, CrystalError, PluginError
 
 app = typer.Typer(

@@ -72,7 +72,8 @@ def _per_crystal(batch: CrystalBatch, fn: Callable[[CrystalBatch], torch.Tensor]
 
 def check_potential(pot: Potential, batch: CrystalBatch | None = None, *, atol: float = 2e-3, rtol: float = 1e-4,
                     fd_delta: float = 1e-3, fd_atol: float = 1e-2) -> None:
-    """Shapes, finiteness, batching, invariances, equivariance, extensivity and −∇E = F."""
+    """Shapes, finiteness, batching, invariances (translation, permutation, left-handed
+    cells), rotation equivariance, extensivity and −∇E = F."""
     from crystal.testing.checks import assert_forces_match_finite_differences
 
     batch = (batch or sample_batch()).to(pot.device)
@@ -101,6 +102,13 @@ def check_potential(pot: Potential, batch: CrystalBatch | None = None, *, atol: 
     assert r_out.forces is not None and r_out.stress is not None
     _close(r_out.forces, out.forces @ Rd.T, atol, rtol, f"{name}: forces under rotation")
     _close(r_out.stress, Rd @ out.stress @ Rd.T, atol, rtol, f"{name}: stress under rotation")
+    # point inversion through the origin (lattice -> -lattice) gives left-handed cells
+    # (negative determinant): energy and stress unchanged, forces flip sign
+    i_out = pot.compute(batch.with_positions(batch.frac_coords, -batch.lattices), forces=True, stress=True)
+    assert i_out.forces is not None and i_out.stress is not None
+    _close(i_out.energy, out.energy, atol, rtol, f"{name}: energy of a left-handed (inverted) cell")
+    _close(i_out.forces, -out.forces, atol, rtol, f"{name}: forces of a left-handed (inverted) cell")
+    _close(i_out.stress, out.stress, atol, rtol, f"{name}: stress of a left-handed (inverted) cell")
     big = supercell(batch, (2, 1, 1))
     _close(pot.energy(big), 2 * out.energy, 2 * atol, rtol, f"{name}: extensivity under a 2x1x1 supercell")
     assert_forces_match_finite_differences(pot, batch, delta=fd_delta, atol=fd_atol, max_atoms=3)

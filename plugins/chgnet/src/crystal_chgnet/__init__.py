@@ -1,6 +1,6 @@
 """crystal-chgnet: the CHGNet universal potential as a ``crystal`` potential plugin.
 
-Kept tiny on purpose: listing plugins reads ``crystal-plugin.toml`` only and must not
+Kept tiny on purpose: listing plugins reads ``crystal_plugin.toml`` only and must not
 import torch or chgnet. The component lives in :mod:`crystal_chgnet.potential`.
 """
 

@@ -122,7 +122,9 @@ class CHGNetPotential(Potential):
 
     config: CHGNetConfig
 
-    def __init__(self, config: ComponentConfig | dict[str, Any] | None = None, *, device: str = "auto", **overrides: Any) -> None:
+    def __init__(
+        self, config: ComponentConfig | dict[str, Any] | None = None, *, device: str = "auto", **overrides: Any
+    ) -> None:
         super().__init__(config, device=device, **overrides)
         self.model = build_model(self.config.weights, self.device)
         self.converter = self.model.graph_converter
@@ -263,4 +265,3 @@ def _ids(batch: CrystalBatch, index: list[int], limit: int = 5) -> str:
     names = [repr(batch.ids[i]) for i in index[:limit]]
     more = f" and {len(index) - limit} more" if len(index) > limit else ""
     return ", ".join(names) + more
-
