@@ -121,3 +121,29 @@ def test_batch_to_sinks(tmp_path, pmg_structures):
     assert sorted(p.name for p in files) == ["a_b.cif", "c.cif"]
     back = read_structures(tmp_path / "cifs")
     assert all(np.isfinite(s.frac_coords).all() for s in back.structures)
+
+
+# ------------------------------------------------------------------ real published data
+def test_reads_perov5_and_carbon24_csv(shared_data):
+    perov = read_structures(shared_data / "perov_5" / "test.csv", limit=200)
+    assert not perov.failures
+    assert len(perov.ids) == 200 and len(set(perov.ids)) == 200
+    assert all(len(s) == 5 for s in perov.structures)
+    carbon = read_structures(shared_data / "carbon_24" / "test.csv", limit=100)
+    assert not carbon.failures
+    assert all({el.symbol for el in s.composition} == {"C"} and 6 <= len(s) <= 24 for s in carbon.structures)
+    batch = carbon.to_batch()
+    assert batch.num_nodes == sum(len(s) for s in carbon.structures)
+    assert all(r is None for r in batch.validate(0.5))
+
+
+def test_reads_jarvis_poscars_and_cgcnn_cifs(shared_data):
+    jarvis = read_structures(shared_data / "jarvis_sample")  # LICENSE and id_prop.csv are skipped
+    # the folder also holds ALIGNN's config_example.json: reported, not silently dropped
+    assert [(f.id, f.reason) for f in jarvis.failures] == [
+        ("config_example", "not a pymatgen Structure dict: KeyError: 'lattice'")
+    ]
+    assert len(jarvis.ids) == 70 and all(i.startswith("POSCAR-JVASP-") for i in jarvis.ids)
+    cgcnn = read_structures(str(shared_data / "cgcnn" / "sample-regression" / "*.cif"))
+    assert not cgcnn.failures
+    assert sorted(cgcnn.ids) == sorted(p.stem for p in (shared_data / "cgcnn" / "sample-regression").glob("*.cif"))
