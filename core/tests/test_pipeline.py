@@ -265,3 +265,65 @@ def test_set_overrides(tmp_path, lj_plugin):
         Pipeline.from_dict(data, ["relx.fmax=1"])
     with pytest.raises(ConfigError, match="field 'fmax'"):
         Pipeline.from_dict(data, ["relax.fmax=-1"])
+
+
+CHARACTERIZE = '''
+from typing import ClassVar
+
+import torch
+
+from crystal import Characterizer, ComponentConfig, Representation
+
+
+class Histogram(Representation):
+    """Signal: counts of Z = 1..10 per crystal (B, 10)."""
+
+    name = "z-histogram"
+    version = "1"
+    produces = "signal"
+
+    def represent(self, batch):
+        onehot = torch.nn.functional.one_hot((batch.atomic_numbers - 1).clamp(0, 9), 10).to(torch.float64)
+        out = torch.zeros(len(batch), 10, dtype=torch.float64).index_add_(0, batch.batch, onehot)
+        return {"signal": out}
+
+
+class Light(Characterizer):
+    """Probability that a crystal contains an element lighter than Z = 4."""
+
+    name = "light-elements"
+    version = "1"
+    consumes = "z-histogram"
+
+    def characterize(self, signals):
+        light = signals[:, :3].sum(dim=1) > 0
+        p = torch.where(light, 0.9, 0.1).to(torch.float64)
+        return {"light": torch.stack([1 - p, p], dim=1)}
+
+    def labels(self, head):
+        return ["heavy", "light"]
+'''
+
+
+def test_characterize_step(tmp_path, monkeypatch):
+    root = tmp_path / "site"
+    make_dist(root, "fake-char", {
+        "crystal.representations": {"z-histogram": "fake_char.mod:Histogram"},
+        "crystal.characterizers": {"light-elements": "fake_char.mod:Light"},
+    }, {"fake_char/__init__.py": "", "fake_char/mod.py": CHARACTERIZE})
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    try:
+        data = {
+            "source": {"type": "dataset", "name": "dcdft", "limit": 6},  # H, He, Li, Be, B, C
+            "steps": [{"id": "kind", "type": "characterize", "characterizer": "light-elements"}],
+            "sinks": [{"type": "csv", "path": "summary.csv"}],
+        }
+        res = run_pipeline(data, tmp_path / "run")
+        assert res.batch.crystal_properties["light_index"].tolist() == [1, 1, 1, 0, 0, 0]
+        assert res.batch.crystal_properties["light_prob"].tolist() == pytest.approx([0.9] * 6)
+        rows = _rows(tmp_path / "run" / "summary.csv")
+        assert [r["light"] for r in rows] == ["light"] * 3 + ["heavy"] * 3
+        assert [p["name"] for p in res.manifest["plugins"]] == ["z-histogram", "light-elements"]
+    finally:
+        forget_modules("fake_char")

@@ -82,7 +82,7 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-_REQUIRED = ("name", "version", "Config")
+_REQUIRED = ("name", "version")  # Config defaults to an empty ComponentConfig
 
 
 class Component(abc.ABC):
