@@ -149,3 +149,31 @@ def test_relax_shortcut_with_chgnet(tmp_path):
 def test_usage_errors(args):
     r = crystal_cli(*args)
     assert r.returncode == 2
+
+
+def _check_default_run(out, n):
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["counts"]["inputs"] == n
+    names = {p["name"] for p in manifest["plugins"]}
+    assert names == {"pyxtal", "chgnet"}
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    energies = [float(r["energy_per_atom"]) for r in summary]
+    assert energies == sorted(energies) and len(summary) >= 1
+    assert {p.stem for p in (out / "structures").glob("*.cif")} == {r["id"] for r in summary}
+
+
+def test_default_pipeline_small(tmp_path):
+    out = tmp_path / "run"
+    r = crystal_cli("run", "--set", "source.num_samples=3", "--set", "relax.max_steps=10",
+                    "--run-dir", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    _check_default_run(out, 3)
+
+
+@pytest.mark.slow
+def test_default_pipeline_full(tmp_path):
+    out = tmp_path / "run"
+    r = crystal_cli("run", "--run-dir", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    _check_default_run(out, 24)

@@ -232,10 +232,11 @@ def _print_summary(result: Any) -> None:
     batch = result.batch
     if len(batch):
         cols = [c for c in ("energy_per_atom", "converged", "relax_steps") if c in batch.crystal_properties]
-        cols += [c for c in batch.crystal_properties if c not in cols and c != "energy"][:4]
-        table = Table(title="results (first 10)")
+        cols += [c for c in batch.crystal_properties if c not in cols and c != "energy"]
+        cols = cols[:4]  # the full table is in the run directory
+        table = Table(title=f"first {min(10, len(batch))} of {len(batch)} (all columns in results.csv)")
         for h in ("id", "formula", *cols):
-            table.add_column(h)
+            table.add_column(h, no_wrap=True, overflow="fold")
         formulas = batch.formulas()
         for k in range(min(10, len(batch))):
             table.add_row(batch.ids[k], formulas[k], *(f"{float(batch.crystal_properties[c][k]):.4g}" for c in cols))
