@@ -51,11 +51,12 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator, model_validator
+
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig, GenerationConditions, Generator
 from crystal.elements import SYMBOLS
 from crystal.errors import ConfigError
-from pydantic import Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from pyxtal.symmetry import Group
