@@ -2,7 +2,8 @@
 
 Importing ``crystal`` is cheap: it does not import torch, pymatgen or any plugin. The
 public names below are resolved on first use (PEP 562), so ``crystal plugins list`` stays
-fast while ``from crystal import CrystalBatch`` works as expected.
+fast while ``from crystal import CrystalBatch`` works as expected. The relaxer is
+``crystal.relax.relax`` (not re-exported: the name would shadow its module).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ _EXPORTS: dict[str, str] = {
     # simulation
     "CrystalCalculator": "crystal.calculator",
     "RelaxResult": "crystal.relax",
-    "relax": "crystal.relax",
     # io
     "read_structures": "crystal.io",
     "write_structures": "crystal.io",
@@ -104,4 +104,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from crystal.io import read_structures as read_structures, write_structures as write_structures
     from crystal.pipeline import Pipeline as Pipeline, load_pipeline as load_pipeline, run_pipeline as run_pipeline
     from crystal.plugins import list_plugins as list_plugins, load as load, load_class as load_class
-    from crystal.relax import RelaxResult as RelaxResult, relax as relax
+    from crystal.relax import RelaxResult as RelaxResult
