@@ -159,6 +159,27 @@ def plugins_check() -> None:
         raise typer.Exit(1)
 
 
+@plugins_app.command("hooks")
+def plugins_hooks() -> None:
+    """List hook modules and the datasets and metrics they register."""
+    from crystal.hooks import hook_load_errors, plugin_manager
+    from crystal.registries import datasets, metrics
+
+    pm = plugin_manager()
+    typer.echo("hook modules:")
+    for name, plugin in pm.list_name_plugin():
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        typer.echo(f"  {name}: {', '.join(hooks) or '(no hooks)'}")
+    for name, dist, err in hook_load_errors():
+        typer.echo(f"  {name} ({dist}): FAILED TO LOAD: {err}")
+    typer.echo("datasets:")
+    for spec in sorted(datasets().values(), key=lambda d: d.name):
+        typer.echo(f"  {spec.name}: {spec.description}")
+    typer.echo("metrics:")
+    for m in sorted(metrics().values(), key=lambda m: m.name):
+        typer.echo(f"  {m.name} [{m.unit}]: {m.description}")
+
+
 # --------------------------------------------------------------------------- pipelines
 def _pipeline_path(pipeline: Path | None) -> tuple[Path | None, str]:
     if pipeline is not None:
@@ -207,15 +228,27 @@ def run(
         raise ConfigError("--resume needs --run-dir DIR (the interrupted run's directory)")
     p = _load(pipeline, set_ or [])
     listeners = [] if quiet else [_ProgressListener()]
-    try:
-        result = p.run(run_dir, resume=resume, device=device, listeners=listeners)
-    finally:
-        for listener in listeners:
-            listener.close()
+    result = _run_interruptible(p, run_dir, listeners, resume=resume, device=device)
     if quiet:
         typer.echo(str(result.run_dir))
         return
     _print_summary(result)
+
+
+def _run_interruptible(p: Any, run_dir: Path | None, listeners: list[Any], **kwargs: Any) -> Any:
+    """Run ``p``; on Ctrl-C say how to resume and exit 130 (checkpoints are kept)."""
+    try:
+        return p.run(run_dir, listeners=listeners, **kwargs)
+    except KeyboardInterrupt:
+        for listener in listeners:
+            listener.close()  # stop progress bars before printing
+        where = f"--run-dir {run_dir} " if run_dir else "--run-dir <the run directory> "
+        typer.echo(f"interrupted; finished chunks are checkpointed: continue with `crystal run ... {where}--resume`",
+                   err=True)
+        raise typer.Exit(130) from None
+    finally:
+        for listener in listeners:
+            listener.close()
 
 
 def _print_summary(result: Any) -> None:
@@ -281,6 +314,7 @@ class _ProgressListener:
     def close(self) -> None:
         if self.started:
             self.progress.stop()
+            self.started = False
 
 
 # --------------------------------------------------------------------------- shortcuts
@@ -296,11 +330,7 @@ def _shortcut(inputs: list[Path], steps: list[dict[str, Any]], sinks: list[dict[
     }
     p = Pipeline(parse_pipeline_config(data, f"crystal {name}"), origin=f"crystal {name}")
     listeners = [] if quiet else [_ProgressListener()]
-    try:
-        result = p.run(run_dir, device=device, listeners=listeners)
-    finally:
-        for listener in listeners:
-            listener.close()
+    result = _run_interruptible(p, run_dir, listeners, device=device)
     if quiet:
         typer.echo(str(result.run_dir))
     else:
