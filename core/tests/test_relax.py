@@ -94,3 +94,13 @@ def test_pressure_compresses(lj):
     v0 = relax(lj, batch, fmax=1e-4).batch.volumes
     v1 = relax(lj, batch, fmax=1e-4, scalar_pressure=1e-3).batch.volumes
     assert float(v1) < float(v0)
+
+
+def test_bad_options_are_config_errors(lj):
+    from crystal import ConfigError
+
+    batch = CrystalBatch.from_atoms(_argon_set()[:1])
+    with pytest.raises(ConfigError, match="fmaxx: unknown parameter"):
+        relax(lj, batch, fmaxx=0.1)
+    with pytest.raises(ConfigError, match="fmax: Input should be greater than 0"):
+        relax(lj, batch, fmax=-1)

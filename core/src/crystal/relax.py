@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crystal.batch import CrystalBatch
-from crystal.errors import StructureError
+from crystal.errors import ConfigError, StructureError
 
 if TYPE_CHECKING:
     from crystal.components import Potential
@@ -110,8 +110,14 @@ def relax(
     step (progress bars). The batch is moved to the potential's device once; work stays
     there. Structures with NaN coordinates raise :class:`StructureError`.
     """
-    cfg = (config or RelaxConfig()).model_copy(update=overrides) if overrides else (config or RelaxConfig())
-    cfg = RelaxConfig.model_validate(cfg.model_dump())
+    try:
+        cfg = RelaxConfig.model_validate({**(config or RelaxConfig()).model_dump(), **overrides})
+    except ValidationError as exc:
+        bad = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {'unknown parameter' if e['type'] == 'extra_forbidden' else e['msg']}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"relax: {bad}") from None
     fire = cfg.fire
     device = potential.device
     work = batch.to(device)
