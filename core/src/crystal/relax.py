@@ -113,11 +113,11 @@ def relax(
     try:
         cfg = RelaxConfig.model_validate({**(config or RelaxConfig()).model_dump(), **overrides})
     except ValidationError as exc:
-        bad = "; ".join(
+        problems = "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {'unknown parameter' if e['type'] == 'extra_forbidden' else e['msg']}"
             for e in exc.errors()
         )
-        raise ConfigError(f"relax: {bad}") from None
+        raise ConfigError(f"relax: {problems}") from None
     fire = cfg.fire
     device = potential.device
     work = batch.to(device)
@@ -179,8 +179,8 @@ def relax(
         e_sub = out.energy.to(dtype)
         f_sub = out.forces.to(dtype)
         if not torch.isfinite(e_sub).all() or not torch.isfinite(f_sub).all():
-            bad = [sub.ids[i] for i in torch.nonzero(~torch.isfinite(e_sub)).flatten().tolist()]
-            raise StructureError(f"potential {potential.name!r} returned non-finite energy/forces for {bad or 'some crystals'}")
+            ids = [sub.ids[i] for i in torch.nonzero(~torch.isfinite(e_sub)).flatten().tolist()]
+            raise StructureError(f"potential {potential.name!r} returned non-finite energy/forces for {ids or 'some crystals'}")
         energy[idx] = e_sub
         forces[a_atoms] = f_sub
         Fb = F[sub.batch]
