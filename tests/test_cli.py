@@ -218,3 +218,25 @@ def test_ctrl_c_then_resume(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["resumed"] is True
     assert manifest["counts"]["inputs"] == 6
+
+
+def test_predict_shortcut_with_published_cgcnn_checkpoint(tmp_path, shared_data):
+    """`crystal predict` with an original CGCNN checkpoint reproduces the original code's output."""
+    cg = shared_data / "cgcnn"
+    ckpt = cg / "pre-trained" / "formation-energy-per-atom.pth.tar"
+    import hashlib
+
+    sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    out = tmp_path / "run"
+    r = crystal_cli("predict", str(cg / "sample-regression" / "*.cif"), "-e", "cgcnn",
+                    "-c", f"checkpoint='{ckpt}'", "-c", f"sha256='{sha}'",
+                    "-c", f"atom_init='{cg / 'sample-regression' / 'atom_init.json'}'",
+                    "-c", "target='formation_energy_per_atom'", "--run-dir", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    got = {row["id"]: float(row["formation_energy_per_atom"]) for row in csv.DictReader((out / "predictions.csv").open())}
+    golden = {row["cif_id"]: float(row["prediction"]) for row in csv.DictReader((cg / "golden" / "formation-energy-per-atom.csv").open())}
+    assert got.keys() == golden.keys()
+    assert max(abs(got[k] - golden[k]) for k in golden) < 1e-4
+    r = crystal_cli("predict", str(cg / "sample-regression" / "*.cif"), "-e", "cgcnn", "-c", "bogus=1",
+                    "--run-dir", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "bogus" in r.stderr

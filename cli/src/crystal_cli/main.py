@@ -337,6 +337,19 @@ def _shortcut(inputs: list[Path], steps: list[dict[str, Any]], sinks: list[dict[
         _print_summary(result)
 
 
+def _component_config(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` options (values parsed as TOML, e.g. ``batch_size=32``, ``path='/x'``)."""
+    from crystal.pipeline.config import _parse_value
+
+    config: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--config {item!r}: expected KEY=VALUE, e.g. --config batch_size=32")
+        config[key.strip()] = _parse_value(raw)
+    return config
+
+
 @app.command("relax")
 def relax_cmd(
     inputs: Annotated[list[Path], typer.Argument(help="Structure files, folders or globs (CIF, POSCAR, extxyz, JSON, CSV).")],
@@ -344,13 +357,14 @@ def relax_cmd(
     fmax: Annotated[float, typer.Option(help="Force convergence, eV/Å.")] = 0.1,
     max_steps: Annotated[int, typer.Option(help="FIRE steps per structure at most.")] = 500,
     fix_cell: Annotated[bool, typer.Option("--fix-cell", help="Relax positions only.")] = False,
+    config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Potential config KEY=VALUE (repeatable).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", "-o")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Relax structures with a potential (batched FIRE); writes CIFs, extxyz and a summary."""
     steps = [{"id": "relax", "type": "relax", "potential": potential, "fmax": fmax, "max_steps": max_steps,
-              "relax_cell": not fix_cell}]
+              "relax_cell": not fix_cell, "config": _component_config(config)}]
     sinks = [{"type": "cif", "path": "relaxed"}, {"type": "extxyz", "path": "relaxed.extxyz"},
              {"type": "csv", "path": "summary.csv"}]
     _shortcut(inputs, steps, sinks, "relax", device, run_dir, quiet)
@@ -361,13 +375,16 @@ def predict_cmd(
     inputs: Annotated[list[Path], typer.Argument(help="Structure files, folders or globs.")],
     encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder plugin name.")],
     weights: Annotated[str | None, typer.Option(help="Named weights (see `crystal plugins info ENCODER`).")] = None,
+    config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Encoder config KEY=VALUE (repeatable).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", "-o")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Predict properties of structures with an encoder; writes predictions.csv."""
-    config = {"weights": weights} if weights else {}
-    steps = [{"id": "predict", "type": "predict", "encoder": encoder, "config": config}]
+    encoder_config = _component_config(config)
+    if weights:
+        encoder_config["weights"] = weights
+    steps = [{"id": "predict", "type": "predict", "encoder": encoder, "config": encoder_config}]
     _shortcut(inputs, steps, [{"type": "csv", "path": "predictions.csv"}], "predict", device, run_dir, quiet)
 
 
