@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ from pymatgen.core import Lattice, Structure
 
 from crystal import CrystalBatch
 from crystal.neighbors import radius_graph
+from crystal.testing.transforms import permute, random_rotation, rotate, supercell, translate, unimodular_recell
 
 
 def _pairs_pymatgen(s: Structure, cutoff: float) -> list[tuple[int, int, tuple[int, int, int], float]]:
@@ -44,3 +47,119 @@ def test_vectors_are_consistent(pmg_structures):
     lat = batch.lattices[batch.batch[g.edge_index[0]]]
     expected = cart[g.edge_index[1]] - cart[g.edge_index[0]] + torch.einsum("ek,ekl->el", g.shifts.to(cart.dtype), lat)
     torch.testing.assert_close(g.vectors, expected)
+
+
+# ---------------------------------------------------------------------- invariances
+
+CUTOFF = 4.5
+
+
+def _per_crystal(batch: CrystalBatch, g) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per crystal: sorted edge distances and sorted per-atom neighbour counts."""
+    deg = torch.bincount(g.edge_index[0], minlength=batch.num_nodes)
+    crystal = batch.batch[g.edge_index[0]]
+    out = []
+    for b in range(len(batch)):
+        lo, hi = int(batch.ptr[b]), int(batch.ptr[b + 1])
+        out.append((np.sort(g.distances[crystal == b].detach().numpy()), np.sort(deg[lo:hi].numpy())))
+    return out
+
+
+def _assert_same(a, b, dtype, count_factor: int = 1) -> None:
+    atol = 1e-9 if dtype == torch.float64 else 2e-4
+    for (da, ca), (db, cb) in zip(a, b):
+        np.testing.assert_allclose(np.repeat(da, count_factor), db, atol=atol)
+        np.testing.assert_array_equal(np.sort(np.repeat(ca, count_factor)), cb)
+
+
+@pytest.fixture(scope="module")
+def inv_structures():
+    import pymatgen.util
+
+    folder = Path(pymatgen.util.__file__).parent / "structures"
+    return [Structure.from_file(folder / f"{n}.json") for n in ["Si", "SrTiO3", "CsCl", "Li2O", "Graphite"]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("max_neighbors", [None, 12])
+@pytest.mark.parametrize("transform", ["rotate", "translate", "permute", "recell", "supercell"])
+def test_invariances(inv_structures, dtype, max_neighbors, transform):
+    tiny = Structure(Lattice.from_parameters(2.1, 2.3, 2.6, 65, 80, 110), ["Cu"], [[0.2, 0.3, 0.4]])
+    batch = CrystalBatch.from_structures([*inv_structures, tiny]).to(dtype=dtype)
+    gen = torch.Generator().manual_seed(0)
+    factor = 1
+    if transform == "rotate":
+        other = rotate(batch, random_rotation(gen))
+    elif transform == "translate":
+        other = translate(batch, torch.randn((len(batch), 3), generator=gen, dtype=torch.float64) * 3)
+    elif transform == "permute":
+        other, _ = permute(batch, gen)
+    elif transform == "recell":
+        other = unimodular_recell(batch)
+    else:
+        other, factor = supercell(batch, (2, 2, 2)), 8
+    ref = _per_crystal(batch, radius_graph(batch, CUTOFF, max_neighbors=max_neighbors))
+    new = _per_crystal(other, radius_graph(other, CUTOFF, max_neighbors=max_neighbors))
+    if max_neighbors is not None and dtype == torch.float32:
+        # ties cut by a shell boundary may resolve differently; distances still agree
+        for (da, _), (db, _) in zip(ref, new):
+            np.testing.assert_allclose(np.repeat(da, factor), db, atol=2e-4)
+        return
+    _assert_same(ref, new, dtype, factor)
+
+
+def test_max_neighbors_matches_bruteforce(pmg_structures):
+    structures = pmg_structures[:6]
+    batch = CrystalBatch.from_structures(structures)
+    g = radius_graph(batch, 8.0, max_neighbors=12, max_pairs_per_chunk=100_000)
+    full = radius_graph(batch, 8.0)
+    ptr = batch.ptr.tolist()
+    for k, s in enumerate(structures):
+        i, _, _, d = s.get_neighbor_list(8.0)
+        for a in range(len(s)):
+            ref = np.sort(d[i == a])[:12]
+            ours = g.distances[g.edge_index[0] == ptr[k] + a].detach().numpy()
+            np.testing.assert_allclose(ours, ref, atol=1e-8)  # already sorted by distance
+    # the kept edges are a subset of the full graph, with the same vectors
+    key = {(int(a), int(b), *map(int, n)) for a, b, n in zip(full.edge_index[0], full.edge_index[1], full.shifts)}
+    assert all((int(a), int(b), *map(int, n)) in key for a, b, n in zip(g.edge_index[0], g.edge_index[1], g.shifts))
+
+
+def test_max_neighbors_deterministic_ties():
+    # simple cubic: 6 equidistant nearest neighbours, keep 4 -> lowest (index, shift) first
+    s = Structure(Lattice.cubic(3.0), ["Po"], [[0.1, 0.2, 0.3]])
+    batch = CrystalBatch.from_structures([s]).to(dtype=torch.float64)
+    g = radius_graph(batch, 3.5, max_neighbors=4)
+    assert g.edge_index.shape[1] == 4
+    np.testing.assert_allclose(g.distances.numpy(), 3.0)
+    assert [tuple(x) for x in g.shifts.tolist()] == [(-1, 0, 0), (0, -1, 0), (0, 0, -1), (0, 0, 1)]
+
+
+def test_tiny_skewed_cell_smaller_than_cutoff():
+    s = Structure(Lattice.from_parameters(1.5, 1.7, 9.0, 40, 100, 130), ["H"], [[0.0, 0.0, 0.0]])
+    batch = CrystalBatch.from_structures([s])
+    g = radius_graph(batch, 5.0)
+    assert len(g.distances) == len(s.get_neighbor_list(5.0)[0]) > 0
+    assert (g.edge_index == 0).all()
+
+
+def test_gradcheck_vectors():
+    lat0 = torch.tensor([[2.9, 0.1, 0.0], [0.3, 3.1, 0.2], [0.1, -0.2, 3.3]], dtype=torch.float64)
+    frac0 = torch.tensor([[0.1, 0.2, 0.3], [0.6, 0.45, 0.8]], dtype=torch.float64)
+    z = torch.tensor([6, 8])
+
+    def fn(frac: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
+        b = CrystalBatch(atomic_numbers=z, frac_coords=frac, lattices=lat[None], num_atoms=torch.tensor([2]))
+        g = radius_graph(b, 4.0)
+        return torch.cat([g.vectors.flatten(), g.distances])
+
+    frac = frac0.clone().requires_grad_(True)
+    lat = lat0.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(fn, (frac, lat))
+    g = radius_graph(
+        CrystalBatch(atomic_numbers=z, frac_coords=frac, lattices=lat[None], num_atoms=torch.tensor([2])),
+        4.0,
+        max_neighbors=3,
+    )
+    g.distances.sum().backward()
+    assert frac.grad is not None and lat.grad is not None
