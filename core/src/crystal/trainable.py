@@ -1,0 +1,260 @@
+"""Trainable encoders: the contract between a model plugin and crystal's training engine.
+
+A plugin subclasses :class:`TrainableEncoder`, declares its hyperparameters in a
+:class:`EncoderConfig` subclass and implements one class method::
+
+    @classmethod
+    def build_model(cls, config, targets: TargetSet) -> torch.nn.Module: ...
+
+The module's ``forward(batch: CrystalBatch)`` returns ``(structure_block, atom_block)``:
+raw outputs of shapes ``(B, targets.structure_width)`` and ``(N, targets.atom_width)``
+(either may be ``None`` when its width is 0). It receives the batch on its device with
+float64 positions and builds whatever representation it needs (graphs, line graphs) there,
+batched. Everything else — loading shipped weights or a checkpoint (sha256-verified,
+``weights_only=True``), normalisation, prediction, saving — is done here, so that every
+encoder is trained by ``crystal train`` and used by ``crystal predict`` the same way.
+
+Checkpoint format (one ``torch.save`` dict of plain data and tensors, never a pickled
+module)::
+
+    {"format": "crystal-encoder", "format_version": 1,
+     "plugin": "<encoder name>", "plugin_version": "<version>",
+     "config": {<architecture hyperparameters, JSON>},
+     "targets": [<TargetSpec dicts>],
+     "state_dict": {"model.<...>": Tensor, "targets.mean_<t>": Tensor, ...},
+     "metadata": {<training data, split, seed, metrics ...>}}
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from crystal.batch import CrystalBatch
+from crystal.components import ComponentConfig, Encoder
+from crystal.errors import ConfigError, StructureError, WeightsError
+from crystal.targets import TargetSet, TargetSpec
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "EncoderConfig",
+    "EncoderNet",
+    "TrainableEncoder",
+    "load_encoder_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "crystal-encoder"
+CHECKPOINT_VERSION = 1
+_HEX64 = r"^[0-9a-f]{64}$"
+#: config fields that select weights rather than describe the architecture
+RUNTIME_FIELDS = frozenset({"weights", "checkpoint", "sha256"})
+
+
+class EncoderConfig(ComponentConfig):
+    """Base config of trainable encoders; plugins add their architecture fields."""
+
+    weights: str | None = Field(None, description="named weights shipped with the plugin (`crystal plugins info`)")
+    checkpoint: Path | None = Field(None, description="a crystal encoder checkpoint (.pt) written by `crystal train`")
+    sha256: str | None = Field(None, pattern=_HEX64, description="expected hex sha256 of `checkpoint` (checked when given)")
+    targets: tuple[TargetSpec, ...] = Field(
+        (TargetSpec(name="prediction"),), description="targets of a new (untrained) model"
+    )
+    seed: int = Field(0, description="seed of the random initialisation of a new model")
+
+
+class EncoderNet(nn.Module):
+    """A plugin's model and its :class:`TargetSet`: ``forward`` returns raw outputs per target."""
+
+    def __init__(self, model: nn.Module, targets: TargetSet) -> None:
+        super().__init__()
+        self.model = model
+        self.targets = targets
+
+    def forward(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
+        structure, atom = self.model(batch)
+        return self.targets.split(structure, atom)
+
+
+def load_encoder_checkpoint(path: Path, sha256: str | None = None, *, who: str = "encoder") -> tuple[dict[str, Any], str]:
+    """Verify (when ``sha256`` is given) and load a crystal encoder checkpoint.
+
+    Returns ``(checkpoint dict, actual sha256)``; raises :class:`WeightsError` on a bad
+    digest, a file that is not weights-only, or a dict that is not this format.
+    """
+    from crystal.weights import sha256sum
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{who}: checkpoint {str(path)!r} does not exist")
+    actual = sha256sum(path)
+    if sha256 is not None and actual != sha256:
+        raise WeightsError(f"{who}: checkpoint {str(path)!r} has sha256 {actual}, expected {sha256}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{who}: cannot load checkpoint {str(path)!r} (weights-only): {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(f"{who}: {str(path)!r} is not a crystal encoder checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    if int(ckpt.get("format_version", 0)) > CHECKPOINT_VERSION:
+        raise WeightsError(
+            f"{who}: {str(path)!r} has format_version {ckpt.get('format_version')}, newer than this crystal "
+            f"({CHECKPOINT_VERSION}); upgrade crystal-core"
+        )
+    return ckpt, actual
+
+
+class TrainableEncoder(Encoder):
+    """Base of encoders trained by crystal (see the module docstring for the contract)."""
+
+    __abstract_base__ = True
+    Config: ClassVar[type[ComponentConfig]] = EncoderConfig
+    #: largest atomic number the model's element embedding covers
+    max_atomic_number: ClassVar[int] = 100
+
+    def __init__(self, config: Any = None, *, device: str = "auto", **overrides: Any) -> None:
+        super().__init__(config, device=device, **overrides)
+        if not isinstance(self.config, EncoderConfig):
+            raise TypeError(f"{type(self).__qualname__}.Config must subclass crystal.trainable.EncoderConfig")
+        self.checkpoint_sha256: str | None = None
+        self.metadata: dict[str, Any] = {}
+        ckpt = self._read_checkpoint()
+        if ckpt is not None:
+            self.config = self._merge_config(ckpt)
+            self.metadata = dict(ckpt.get("metadata") or {})
+        cfg = self.config
+        assert isinstance(cfg, EncoderConfig)
+        targets = TargetSet(cfg.targets)
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+            torch.manual_seed(cfg.seed)
+            self.net = EncoderNet(self.build_model(cfg, targets), targets)
+        if ckpt is not None:
+            try:
+                self.net.load_state_dict(ckpt["state_dict"], strict=True)
+            except (RuntimeError, KeyError) as exc:
+                raise WeightsError(f"encoder {self.name!r}: checkpoint does not match the architecture: {exc}") from None
+        self.net.to(self.device).eval()
+
+    # ----------------------------------------------------------------- plugin API
+    @classmethod
+    @abc.abstractmethod
+    def build_model(cls, config: Any, targets: TargetSet) -> nn.Module:
+        """A fresh model whose ``forward(batch)`` returns ``(structure_block, atom_block)``."""
+
+    # ------------------------------------------------------------------ loading
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        cfg = self.config
+        assert isinstance(cfg, EncoderConfig)
+        if cfg.weights is not None and cfg.checkpoint is not None:
+            raise ConfigError(f"encoder {self.name!r}: give either weights or checkpoint, not both")
+        if cfg.sha256 is not None and cfg.checkpoint is None:
+            raise ConfigError(f"encoder {self.name!r}: sha256 is given but checkpoint is not")
+        who = f"encoder {self.name!r}"
+        if cfg.weights is not None:
+            if cfg.weights not in self.weights:
+                import difflib
+
+                close = difflib.get_close_matches(cfg.weights, self.weights, n=2)
+                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+                known = ", ".join(self.weights) or "none"
+                raise ConfigError(f"{who}: unknown weights {cfg.weights!r} (known: {known}){hint}")
+            from crystal.weights import resolve_weights
+
+            path, entry = resolve_weights(cfg.weights)
+            ckpt, digest = load_encoder_checkpoint(path, entry.sha256, who=who)
+        elif cfg.checkpoint is not None:
+            ckpt, digest = load_encoder_checkpoint(Path(cfg.checkpoint), cfg.sha256, who=who)
+        else:
+            return None
+        if ckpt.get("plugin") != self.name:
+            raise WeightsError(f"{who}: checkpoint was written by encoder {ckpt.get('plugin')!r}, not {self.name!r}")
+        self.checkpoint_sha256 = digest
+        return ckpt
+
+    def _merge_config(self, ckpt: Mapping[str, Any]) -> ComponentConfig:
+        """The checkpoint's architecture + this instance's runtime fields; clashes are errors."""
+        cfg = self.config
+        saved = dict(ckpt.get("config") or {})
+        saved["targets"] = list(ckpt.get("targets") or [])
+        user = {k: getattr(cfg, k) for k in cfg.model_fields_set if k not in RUNTIME_FIELDS}
+        fresh = self.make_config(saved)
+        clash = sorted(k for k, v in user.items() if getattr(fresh, k) != v)
+        if clash:
+            raise ConfigError(
+                f"encoder {self.name!r}: {', '.join(clash)} come from the checkpoint "
+                f"({', '.join(f'{k}={getattr(fresh, k)!r}' for k in clash)}); do not set them"
+            )
+        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if k in type(cfg).model_fields}
+        return self.make_config(fresh.model_dump(), **runtime)
+
+    # ------------------------------------------------------------------ predict
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.net.targets.names
+
+    @property
+    def target_set(self) -> TargetSet:
+        return self.net.targets
+
+    def check_elements(self, batch: CrystalBatch) -> None:
+        """Raise :class:`StructureError` naming the elements the embedding does not cover."""
+        z = batch.atomic_numbers
+        bad = (z < 1) | (z > self.max_atomic_number)
+        if bool(bad.any()):
+            from crystal.elements import symbol
+
+            names = ", ".join(
+                f"{symbol(int(x)) if 1 <= x <= 118 else '?'} (Z={int(x)})" for x in sorted(set(z[bad].tolist()))
+            )
+            raise StructureError(
+                f"encoder {self.name!r}: element(s) {names} are outside the model's elements (Z 1-{self.max_atomic_number})"
+            )
+
+    def predict(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
+        batch = batch.to(self.device, dtype=torch.float64)
+        if len(batch) == 0:
+            return {s.name: torch.zeros(0, device=self.device) for s in self.net.targets.specs}
+        self.check_elements(batch)
+        self.net.eval()
+        with torch.no_grad():
+            raw = self.net(batch)
+        return self.net.targets.denormalize(raw)
+
+    # ------------------------------------------------------------------- saving
+    def checkpoint(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint dict of this encoder (see the module docstring)."""
+        cfg = self.config
+        arch = cfg.model_dump(mode="json", exclude=set(RUNTIME_FIELDS) | {"targets"})
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "plugin": self.name,
+            "plugin_version": self.version,
+            "config": arch,
+            "targets": [s.model_dump(mode="json") for s in self.net.targets.specs],
+            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+            "metadata": dict(metadata if metadata is not None else self.metadata),
+        }
+
+    def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> str:
+        """Write the checkpoint atomically (temporary file, then rename); returns its sha256."""
+        from crystal.weights import sha256sum
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            torch.save(self.checkpoint(metadata), tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return sha256sum(path)
