@@ -54,7 +54,9 @@ def _root(
 @plugins_app.command("list")
 def plugins_list(
     kind: Annotated[str | None, typer.Option(help="Only this kind (potential, encoder, ...).")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Include plugins disabled by CRYSTAL_PLUGINS/CRYSTAL_DISABLE_PLUGINS.")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Include plugins disabled by CRYSTAL_PLUGINS/CRYSTAL_DISABLE_PLUGINS.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List installed components from their manifests (imports no plugin code, no torch)."""
@@ -62,18 +64,29 @@ def plugins_list(
 
     infos = list_plugins(kind, include_disabled=all_)
     if as_json:
-        typer.echo(json.dumps([
-            {
-                "kind": i.kind, "name": i.name, "distribution": i.distribution, "version": i.version,
-                "description": i.description, "enabled": i.enabled, "entry_point": i.value,
-                "consumes": i.manifest.consumes if i.manifest else None,
-                "produces": i.manifest.produces if i.manifest else None,
-                "devices": list(i.manifest.devices) if i.manifest else None,
-                "weights": list(i.manifest.weights) if i.manifest else [],
-                "problem": i.manifest_error or (f"also claimed by {', '.join(i.also_claimed_by)}" if i.also_claimed_by else None),
-            }
-            for i in infos
-        ], indent=2))
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "kind": i.kind,
+                        "name": i.name,
+                        "distribution": i.distribution,
+                        "version": i.version,
+                        "description": i.description,
+                        "enabled": i.enabled,
+                        "entry_point": i.value,
+                        "consumes": i.manifest.consumes if i.manifest else None,
+                        "produces": i.manifest.produces if i.manifest else None,
+                        "devices": list(i.manifest.devices) if i.manifest else None,
+                        "weights": list(i.manifest.weights) if i.manifest else [],
+                        "problem": i.manifest_error
+                        or (f"also claimed by {', '.join(i.also_claimed_by)}" if i.also_claimed_by else None),
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
         return
     if not infos:
         typer.echo("no plugins installed" + (f" of kind {kind}" if kind else ""))
@@ -87,7 +100,9 @@ def plugins_list(
         elif i.manifest_error:
             problem = f"  !! {i.manifest_error}"
         weights = f"  weights: {', '.join(i.manifest.weights)}" if i.manifest and i.manifest.weights else ""
-        typer.echo(f"{i.kind:<14} {i.name:<{width}}  {i.distribution} {i.version}{flag}  {i.description}{weights}{problem}")
+        typer.echo(
+            f"{i.kind:<14} {i.name:<{width}}  {i.distribution} {i.version}{flag}  {i.description}{weights}{problem}"
+        )
 
 
 @plugins_app.command("info")
@@ -124,7 +139,9 @@ def plugins_info(
                         typer.echo(f"    {w}: NOT DECLARED in any manifest")
                         continue
                     e = entry[1]
-                    typer.echo(f"    {w}: {e.file}\n      sha256 {e.sha256}\n      licence {e.licence}; data: {e.training_data}")
+                    typer.echo(
+                        f"    {w}: {e.file}\n      sha256 {e.sha256}\n      licence {e.licence}; data: {e.training_data}"
+                    )
                     if e.metrics:
                         typer.echo("      metrics: " + ", ".join(f"{k}={v}" for k, v in e.metrics.items()))
         if i.manifest_error:
@@ -203,25 +220,39 @@ def _load(pipeline: Path | None, overrides: list[str]) -> Any:
 
 @app.command("validate")
 def validate(
-    pipeline: Annotated[Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default pipeline).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")] = None,
+    pipeline: Annotated[
+        Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default pipeline).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")
+    ] = None,
 ) -> None:
     """Validate a pipeline (schema, plugins, component configs) without running it."""
     p = _load(pipeline, set_ or [])
     p.check()
     cfg = p.config
-    typer.echo(f"{p.origin}: valid — source {cfg.source.type}, {len(cfg.steps)} step(s) "
-               f"({', '.join(s.id for s in cfg.steps) or 'none'}), {len(cfg.sinks)} sink(s)")
+    typer.echo(
+        f"{p.origin}: valid — source {cfg.source.type}, {len(cfg.steps)} step(s) "
+        f"({', '.join(s.id for s in cfg.steps) or 'none'}), {len(cfg.sinks)} sink(s)"
+    )
 
 
 @app.command("run")
 def run(
-    pipeline: Annotated[Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default discovery pipeline).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")] = None,
+    pipeline: Annotated[
+        Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default discovery pipeline).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the pipeline's).")] = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", "-o", help="Run directory (default runs/<name>-<time>).")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", "-o", help="Run directory (default runs/<name>-<time>).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Resume the interrupted run in --run-dir.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; print only the run directory.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output; print only the run directory.")
+    ] = False,
 ) -> None:
     """Run a pipeline: source → steps → sinks, into a run directory with a manifest."""
     if resume and run_dir is None:
@@ -243,8 +274,9 @@ def _run_interruptible(p: Any, run_dir: Path | None, listeners: list[Any], **kwa
         for listener in listeners:
             listener.close()  # stop progress bars before printing
         where = f"--run-dir {run_dir} " if run_dir else "--run-dir <the run directory> "
-        typer.echo(f"interrupted; finished chunks are checkpointed: continue with `crystal run ... {where}--resume`",
-                   err=True)
+        typer.echo(
+            f"interrupted; finished chunks are checkpointed: continue with `crystal run ... {where}--resume`", err=True
+        )
         raise typer.Exit(130) from None
     finally:
         for listener in listeners:
@@ -287,8 +319,12 @@ class _ProgressListener:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("[bold]{task.fields[step]:<12}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.description}"), transient=False,
+            TextColumn("[bold]{task.fields[step]:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            transient=False,
         )
         self.tasks: dict[str, Any] = {}
         self.started = False
@@ -318,8 +354,15 @@ class _ProgressListener:
 
 
 # --------------------------------------------------------------------------- shortcuts
-def _shortcut(inputs: list[Path], steps: list[dict[str, Any]], sinks: list[dict[str, Any]], name: str,
-              device: str | None, run_dir: Path | None, quiet: bool) -> None:
+def _shortcut(
+    inputs: list[Path],
+    steps: list[dict[str, Any]],
+    sinks: list[dict[str, Any]],
+    name: str,
+    device: str | None,
+    run_dir: Path | None,
+    quiet: bool,
+) -> None:
     from crystal.pipeline import Pipeline, parse_pipeline_config
 
     data = {
@@ -352,21 +395,37 @@ def _component_config(items: list[str] | None) -> dict[str, Any]:
 
 @app.command("relax")
 def relax_cmd(
-    inputs: Annotated[list[Path], typer.Argument(help="Structure files, folders or globs (CIF, POSCAR, extxyz, JSON, CSV).")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Structure files, folders or globs (CIF, POSCAR, extxyz, JSON, CSV).")
+    ],
     potential: Annotated[str, typer.Option("--potential", "-p", help="Potential plugin name.")] = "chgnet",
     fmax: Annotated[float, typer.Option(help="Force convergence, eV/Å.")] = 0.1,
     max_steps: Annotated[int, typer.Option(help="FIRE steps per structure at most.")] = 500,
     fix_cell: Annotated[bool, typer.Option("--fix-cell", help="Relax positions only.")] = False,
-    config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Potential config KEY=VALUE (repeatable).")] = None,
+    config: Annotated[
+        list[str] | None, typer.Option("--config", "-c", help="Potential config KEY=VALUE (repeatable).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", "-o")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Relax structures with a potential (batched FIRE); writes CIFs, extxyz and a summary."""
-    steps = [{"id": "relax", "type": "relax", "potential": potential, "fmax": fmax, "max_steps": max_steps,
-              "relax_cell": not fix_cell, "config": _component_config(config)}]
-    sinks = [{"type": "cif", "path": "relaxed"}, {"type": "extxyz", "path": "relaxed.extxyz"},
-             {"type": "csv", "path": "summary.csv"}]
+    steps = [
+        {
+            "id": "relax",
+            "type": "relax",
+            "potential": potential,
+            "fmax": fmax,
+            "max_steps": max_steps,
+            "relax_cell": not fix_cell,
+            "config": _component_config(config),
+        }
+    ]
+    sinks = [
+        {"type": "cif", "path": "relaxed"},
+        {"type": "extxyz", "path": "relaxed.extxyz"},
+        {"type": "csv", "path": "summary.csv"},
+    ]
     _shortcut(inputs, steps, sinks, "relax", device, run_dir, quiet)
 
 
@@ -375,7 +434,9 @@ def predict_cmd(
     inputs: Annotated[list[Path], typer.Argument(help="Structure files, folders or globs.")],
     encoder: Annotated[str, typer.Option("--encoder", "-e", help="Encoder plugin name.")],
     weights: Annotated[str | None, typer.Option(help="Named weights (see `crystal plugins info ENCODER`).")] = None,
-    config: Annotated[list[str] | None, typer.Option("--config", "-c", help="Encoder config KEY=VALUE (repeatable).")] = None,
+    config: Annotated[
+        list[str] | None, typer.Option("--config", "-c", help="Encoder config KEY=VALUE (repeatable).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", "-o")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
@@ -386,6 +447,114 @@ def predict_cmd(
         encoder_config["weights"] = weights
     steps = [{"id": "predict", "type": "predict", "encoder": encoder, "config": encoder_config}]
     _shortcut(inputs, steps, [{"type": "csv", "path": "predictions.csv"}], "predict", device, run_dir, quiet)
+
+
+def _target_option(item: str) -> dict[str, Any]:
+    """``NAME[:classification|:atom|:unit=eV]`` -> a TargetSpec dict."""
+    name, *mods = item.split(":")
+    spec: dict[str, Any] = {"name": name.strip()}
+    for m in mods:
+        m = m.strip()
+        if m in ("classification", "regression"):
+            spec["task"] = m
+        elif m in ("atom", "structure"):
+            spec["level"] = m
+        elif m.startswith("unit="):
+            spec["unit"] = m[len("unit=") :]
+        elif m.startswith("classes="):
+            spec["task"], spec["num_classes"] = "classification", int(m[len("classes=") :])
+        else:
+            raise ConfigError(
+                f"--target {item!r}: unknown modifier {m!r} (use classification, atom, unit=..., classes=N)"
+            )
+    return spec
+
+
+@app.command("train")
+def train_cmd(
+    config_file: Annotated[Path | None, typer.Argument(help="Training TOML file (see docs/training.md).")] = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", "-e", help="Encoder plugin name.")] = None,
+    train_data: Annotated[list[str] | None, typer.Option("--train", help="Training data (repeatable).")] = None,
+    val_data: Annotated[
+        list[str] | None, typer.Option("--val", help="Validation data (default: a fraction of --train).")
+    ] = None,
+    test_data: Annotated[list[str] | None, typer.Option("--test", help="Test data.")] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", help="Target NAME[:classification][:atom][:unit=eV] (repeatable)."),
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--config", "-c", help="Encoder config KEY=VALUE (repeatable).")
+    ] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Override SECTION.FIELD=VALUE (repeatable).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="trainer.max_epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="trainer.batch_size")] = None,
+    lr: Annotated[float | None, typer.Option(help="optim.lr")] = None,
+    devices: Annotated[int | None, typer.Option(help="trainer.devices (>1 = DDP)")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="trainer.accelerator: auto, cpu, gpu")] = None,
+    strategy: Annotated[str | None, typer.Option(help="trainer.strategy: auto, ddp, ddp_spawn")] = None,
+    seed: Annotated[int | None, typer.Option(help="trainer.seed")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train an encoder on labelled structures (PyTorch Lightning; DDP with --devices N)."""
+    from crystal.training.config import apply_train_overrides, load_train_config, parse_train_config
+    from crystal.training.engine import train
+
+    options: list[str] = []
+    for key, value in (
+        ("trainer.max_epochs", epochs),
+        ("trainer.batch_size", batch_size),
+        ("optim.lr", lr),
+        ("trainer.devices", devices),
+        ("trainer.seed", seed),
+    ):
+        if value is not None:
+            options.append(f"{key}={value}")
+    for key, text in (("trainer.accelerator", accelerator), ("trainer.strategy", strategy)):
+        if text is not None:
+            options.append(f"{key}={json.dumps(text)}")
+    options += list(sets or [])
+    extra: dict[str, Any] = {}
+    if encoder:
+        extra["encoder"] = encoder
+    if output:
+        extra["output"] = str(Path(output).resolve())
+    if target:
+        extra["targets"] = [_target_option(t) for t in target]
+    data_extra = {
+        k: [str(Path(p).resolve()) for p in v]
+        for k, v in (("train", train_data), ("val", val_data), ("test", test_data))
+        if v
+    }
+    if config_file is not None:
+        cfg = load_train_config(config_file, options)
+        raw = cfg.model_dump(mode="json", exclude_unset=True)
+        raw.update(extra)
+        if data_extra:
+            raw["data"] = {**raw.get("data", {}), **data_extra}
+        if model:
+            raw["model"] = {**raw.get("model", {}), **_component_config(model)}
+        cfg = parse_train_config(raw, str(config_file))
+    else:
+        missing = [o for o, v in (("--encoder", encoder), ("--train", train_data), ("--target", target)) if not v]
+        if missing:
+            raise ConfigError(f"crystal train: give a training TOML file or {', '.join(missing)}")
+        raw = {**extra, "data": data_extra, "model": _component_config(model)}
+        raw.setdefault("output", str(Path("runs") / f"train-{encoder}"))
+        cfg = parse_train_config(apply_train_overrides(raw, options), "crystal train")
+    result = train(cfg, resume=resume, quiet=quiet)
+    if result.output is None:  # a DDP worker process: rank 0 reports
+        return
+    if not quiet:
+        for split, metrics in result.metrics.items():
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            typer.echo(f"{split}: {shown}")
+        typer.echo(f"model: {result.checkpoint} (sha256 {result.sha256})")
+        typer.echo(f"run directory: {result.output}")
 
 
 # --------------------------------------------------------------------------- entry
