@@ -163,3 +163,21 @@ def test_gradcheck_vectors():
     )
     g.distances.sum().backward()
     assert frac.grad is not None and lat.grad is not None
+
+
+def test_nearest_k_dense_path_matches_two_stable_sorts():
+    """The top-k layout keeps exactly the first k of the (source, distance, enumeration) order."""
+    from crystal.neighbors import _nearest_k
+
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 30, (50,), generator=g)
+    src = torch.repeat_interleave(torch.arange(50), counts)
+    dist = torch.randint(0, 6, (src.numel(),), generator=g).double()  # many ties
+    edge_index = torch.stack([src, torch.zeros_like(src)])
+    order = torch.sort(dist, stable=True).indices
+    order = order[torch.sort(src[order], stable=True).indices]
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(src.numel()) - first[src[order]]
+    for k in (1, 5, 12, 40):
+        expected = order[rank < k]
+        assert torch.equal(_nearest_k(edge_index, dist, k), expected), k

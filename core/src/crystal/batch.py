@@ -92,9 +92,7 @@ class CrystalBatch:
         if int(self.num_atoms.sum()) != n:
             raise StructureError(f"num_atoms sums to {int(self.num_atoms.sum())} but there are {n} atoms")
         if self.batch is None:
-            self.batch = torch.repeat_interleave(
-                torch.arange(b, device=self.lattices.device), self.num_atoms
-            )
+            self.batch = torch.repeat_interleave(torch.arange(b, device=self.lattices.device), self.num_atoms)
         if self.pbc is None:
             self.pbc = torch.ones((b, 3), dtype=torch.bool, device=self.lattices.device)
         if not self.ids:
@@ -372,9 +370,7 @@ class CrystalBatch:
         zs = cpu.atomic_numbers.tolist()
         for b in range(len(cpu)):
             lo, hi = ptr[b], ptr[b + 1]
-            site_properties: dict[str, list[Any]] = {
-                k: v[lo:hi].tolist() for k, v in cpu.atom_properties.items()
-            }
+            site_properties: dict[str, list[Any]] = {k: v[lo:hi].tolist() for k, v in cpu.atom_properties.items()}
             site_properties.update(cpu.info[b].get(_INFO_SITE_KEY, {}))
             s = Structure(
                 Lattice(lats[b]),

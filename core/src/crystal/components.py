@@ -103,9 +103,7 @@ class Component(abc.ABC):
         if cls.__dict__.get("__abstract_base__", False) or _still_abstract(cls):
             return
         for attr in _REQUIRED:
-            if attr not in vars(cls) and not any(
-                attr in vars(base) for base in cls.__mro__[1:] if base not in _BASES
-            ):
+            if attr not in vars(cls) and not any(attr in vars(base) for base in cls.__mro__[1:] if base not in _BASES):
                 raise TypeError(f"component class {cls.__module__}.{cls.__qualname__} must declare {attr!r}")
         if not (isinstance(cls.Config, type) and issubclass(cls.Config, ComponentConfig)):
             raise TypeError(f"{cls.__qualname__}.Config must subclass crystal.ComponentConfig")
@@ -116,17 +114,23 @@ class Component(abc.ABC):
                 f"{cls.__qualname__}.default_weights {cls.default_weights!r} is not in weights {cls.weights}"
             )
 
-    def __init__(self, config: ComponentConfig | Mapping[str, Any] | None = None, *, device: str = "auto", **overrides: Any) -> None:
+    def __init__(
+        self, config: ComponentConfig | Mapping[str, Any] | None = None, *, device: str = "auto", **overrides: Any
+    ) -> None:
         self.config = self.make_config(config, **overrides)
         # "auto" picks the best device the component supports (CPU-only ones stay on the CPU)
         if str(device).strip().lower() == "auto" and "cuda" not in self.devices:
             device = "cpu"
         self.device = resolve_device(device)
         if self.device.type not in self.devices:
-            raise ConfigError(f"{self.kind.singular} {self.name!r} supports devices {self.devices}, not {self.device.type!r}")
+            raise ConfigError(
+                f"{self.kind.singular} {self.name!r} supports devices {self.devices}, not {self.device.type!r}"
+            )
 
     @classmethod
-    def make_config(cls, config: ComponentConfig | Mapping[str, Any] | None = None, **overrides: Any) -> ComponentConfig:
+    def make_config(
+        cls, config: ComponentConfig | Mapping[str, Any] | None = None, **overrides: Any
+    ) -> ComponentConfig:
         """Validate ``config`` (a model, a dict or ``None``) plus keyword overrides."""
         if isinstance(config, ComponentConfig):
             if not isinstance(config, cls.Config):
@@ -250,7 +254,9 @@ class Generator(Component):
     consumes = "conditions"
 
     @abc.abstractmethod
-    def generate(self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None) -> CrystalBatch:
+    def generate(
+        self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
+    ) -> CrystalBatch:
         """Return up to ``num_samples`` crystals (``B <= num_samples``), reproducible for a seed.
 
         Generators that may fail on some attempts return fewer crystals and record the

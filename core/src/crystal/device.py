@@ -37,7 +37,5 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             raise ConfigError(f"device {spec!r} requested but CUDA is not available on this machine")
         index = int(spec.split(":")[1]) if ":" in spec else 0
         if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
+            raise ConfigError(f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return torch.device(spec)

@@ -62,9 +62,7 @@ class WeightsManifest(_Strict):
     """One set of named weights."""
 
     name: str = Field(description="unique weights name, e.g. 'cgcnn-perov5-heat_ref'")
-    file: str = Field(
-        description="'package:<pkg>/<path>' (package resource), a local path, or an http(s) URL (cached)"
-    )
+    file: str = Field(description="'package:<pkg>/<path>' (package resource), a local path, or an http(s) URL (cached)")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the file")
     licence: str = Field(description="SPDX licence of the weights")
     training_data: str = Field(description="data set (and split) the weights were trained on")
@@ -141,7 +139,5 @@ def read_manifest(path: Path) -> PluginManifest:
     try:
         return PluginManifest.model_validate(data)
     except ValidationError as exc:
-        errs = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        errs = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise PluginError(f"{path}: invalid plugin manifest: {errs}") from None

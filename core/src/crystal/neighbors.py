@@ -45,18 +45,45 @@ def _empty(batch: CrystalBatch) -> RadiusGraph:
 def _nearest_k(edge_index: torch.Tensor, distances: torch.Tensor, k: int) -> torch.Tensor:
     """(E',) indices of the ``k`` nearest edges of every source, ordered by (source, rank).
 
-    Edges must come in (source, neighbour, shift) lexicographic order (as enumerated by
-    :func:`radius_graph`), so two stable sorts give the (source, distance, neighbour, shift)
-    order.
+    Edges must come grouped by source in (source, neighbour, shift) lexicographic order (as
+    enumerated by :func:`radius_graph`); ties are broken by that order, so the result is the
+    first ``k`` of the (source, distance, neighbour, shift) order. Neighbour lists are laid
+    out densely ``(N, max degree)`` and cut at each row's ``k``-th smallest distance with
+    ``topk`` (no sort of all E edges); only the kept ``≤ N k`` edges are sorted. Falls back
+    to two stable sorts when the dense layout would be much larger than E.
     """
     src = edge_index[0]
-    order = torch.sort(distances.detach(), stable=True).indices
-    order = order[torch.sort(src[order], stable=True).indices]
-    src_sorted = src[order]
-    counts = torch.bincount(src_sorted)
+    dist = distances.detach()
+    e = src.numel()
+    if e == 0:
+        return torch.zeros(0, dtype=torch.long, device=src.device)
+    counts = torch.bincount(src)
     first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(src_sorted.shape[0], device=src.device) - first[src_sorted]
-    return order[rank < k]
+    width = int(counts.max())
+    if width <= k:
+        keep = torch.arange(e, device=src.device)
+    elif counts.numel() * width <= 4 * e + 1_000_000 and bool((src[1:] >= src[:-1]).all()):
+        rank = torch.arange(e, device=src.device) - first[src]
+        dense = torch.full((counts.numel(), width), float("inf"), dtype=dist.dtype, device=dist.device)
+        dense[src, rank] = dist
+        kth = torch.topk(dense, k, dim=1, largest=False, sorted=True).values[:, -1]  # (N,)
+        below = dist < kth[src]
+        n_below = torch.zeros_like(counts).index_add_(0, src, below.long())
+        tie = dist == kth[src]
+        tie_rank = torch.cumsum(tie.long(), 0)
+        tie_first = torch.zeros_like(counts).index_add_(0, src, tie.long())
+        tie_rank = tie_rank - (torch.cumsum(tie_first, 0) - tie_first)[src]  # 1-based within source
+        keep = (below | (tie & (tie_rank <= k - n_below[src]))).nonzero(as_tuple=True)[0]
+    else:
+        order = torch.sort(dist, stable=True).indices
+        order = order[torch.sort(src[order], stable=True).indices]
+        src_sorted = src[order]
+        rank = torch.arange(e, device=src.device) - first[src_sorted]
+        return order[rank < k]
+    # order the kept edges by (source, distance, enumeration order)
+    order = torch.sort(dist[keep], stable=True).indices
+    order = order[torch.sort(src[keep][order], stable=True).indices]
+    return keep[order]
 
 
 def radius_graph(
@@ -113,46 +140,86 @@ def radius_graph(
         ends = torch.cumsum(cand, 0)
         chunk_id = torch.div(ends - 1, max(1, max_pairs_per_chunk), rounding_mode="floor").clamp(min=0)
         bounds = torch.cumsum(torch.bincount(chunk_id), 0).tolist()
-        sel_p, sel_n = [], []
+        sel_p, sel_n, sel_d = [], [], []
         start = 0
+        r_search = cutoff * (1 + 1e-6) + 1e-9
+        L_pair = lattices[crystal_of_pair]  # (P, 3, 3)
+        same = pi == pj
         for stop in bounds:
             if stop <= start:
                 continue
-            c = cand[start:stop]
-            total = int(c.sum())
-            if total:
-                pair = torch.repeat_interleave(torch.arange(start, stop, device=device), c)
-                t = torch.arange(total, device=device) - torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
-                w = width[pair]
-                n = (
-                    torch.stack(
-                        [
-                            torch.div(t, w[:, 1] * w[:, 2], rounding_mode="floor"),
-                            torch.div(t, w[:, 2], rounding_mode="floor") % w[:, 1],
-                            t % w[:, 2],
-                        ],
-                        dim=1,
-                    )
-                    + lo[pair]
-                )  # (K, 3)
-                cart = torch.einsum("kc,kcd->kd", delta[pair] + n.to(dtype), lattices[crystal_of_pair[pair]])
-                ok = cart.norm(dim=-1) < cutoff * (1 + 1e-6) + 1e-9
-                ok &= (pi[pair] != pj[pair]) | (n != 0).any(dim=1)
-                sel_p.append(pair[ok])
-                sel_n.append(n[ok])
+            pair, n, d2 = _sphere_images(torch.arange(start, stop, device=device), delta, lo, width, L_pair, same, r_search)
+            sel_p.append(pair)
+            sel_n.append(n)
+            sel_d.append(d2)
             start = stop
         if not sel_p:
             return _empty(batch)
         pair = torch.cat(sel_p)
+        dist = torch.cat(sel_d).clamp(min=0).sqrt()
+        inside = (dist < cutoff).nonzero(as_tuple=True)[0]
+        pair, n, dist = pair[inside], torch.cat(sel_n)[inside], dist[inside]
         i, j = pi[pair], pj[pair]
-        shifts = torch.cat(sel_n) - wrap[j].long() + wrap[i].long()  # offsets for the unwrapped input
+        if max_neighbors is not None:  # choose before the differentiable recomputation
+            k = _nearest_k(torch.stack([i, j]), dist, max_neighbors)
+            pair, n, i, j = pair[k], n[k], i[k], j[k]
+        shifts = n - wrap[j].long() + wrap[i].long()  # offsets for the unwrapped input
 
     # differentiable recomputation on the survivors only
     L = batch.lattices[crystal_of_pair[pair]]
     vectors = torch.einsum("ec,ecd->ed", batch.frac_coords[j] - batch.frac_coords[i] + shifts.to(dtype), L)
-    distances = vectors.norm(dim=-1)
-    keep = (distances.detach() < cutoff).nonzero(as_tuple=True)[0]
-    edge_index = torch.stack([i, j])
-    if max_neighbors is not None:
-        keep = keep[_nearest_k(edge_index[:, keep], distances[keep], max_neighbors)]
-    return RadiusGraph(edge_index[:, keep], shifts[keep], vectors[keep], distances[keep])
+    return RadiusGraph(torch.stack([i, j]), shifts, vectors, vectors.norm(dim=-1))
+
+def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For counts ``c`` (K,): the owner ``k`` of every item and its rank ``0..c_k-1``."""
+    owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    rank = torch.arange(owner.numel(), device=counts.device) - (torch.cumsum(counts, 0) - counts)[owner]
+    return owner, rank
+
+
+def _sphere_images(
+    pairs: torch.Tensor,
+    delta: torch.Tensor,
+    lo: torch.Tensor,
+    width: torch.Tensor,
+    lattice_of_pair: torch.Tensor,
+    same_atom: torch.Tensor,
+    radius: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image offsets ``n`` with ``|(Δ + n) L| < radius`` for ``pairs`` (no self-image ``n = 0``).
+
+    ``n_0, n_1`` run over their bounding ranges; for each such column the range of ``n_2``
+    is solved exactly from ``|c + n_2 a_3|² < r²`` with ``c = (Δ_0+n_0) a_1 + (Δ_1+n_1) a_2
+    + Δ_2 a_3``, so the candidates fill the sphere rather than its bounding box, and the
+    distance test needs only per-column scalars: ``|c|² + 2 n_2 (c·a_3) + n_2² |a_3|²``.
+    Returns ``(pair (K,), n (K, 3), squared distance (K,))``.
+    """
+    w = width[pairs]
+    owner, rank = _expand(w[:, 0] * w[:, 1])
+    pair = pairs[owner]
+    n0 = torch.div(rank, w[owner, 1], rounding_mode="floor") + lo[pair, 0]
+    n1 = rank % w[owner, 1] + lo[pair, 1]
+    L = lattice_of_pair[pair]  # (C, 3, 3) rows a1, a2, a3
+    d = delta[pair]
+    coeff = torch.stack([d[:, 0] + n0.to(d.dtype), d[:, 1] + n1.to(d.dtype), d[:, 2]], dim=1)
+    c = torch.einsum("ck,ckd->cd", coeff, L)
+    a3 = L[:, 2]
+    A = (a3 * a3).sum(-1)
+    b = (c * a3).sum(-1)
+    cc = (c * c).sum(-1)
+    r2 = radius * radius
+    disc = b * b - A * (cc - r2)
+    root = torch.sqrt(disc.clamp(min=0))
+    n2_lo = torch.ceil((-b - root) / A - 1e-9).long()
+    n2_hi = torch.floor((-b + root) / A + 1e-9).long()
+    counts = torch.where(disc >= 0, (n2_hi - n2_lo + 1).clamp(min=0), torch.zeros_like(n2_lo))
+    col, k = _expand(counts)
+    n2 = n2_lo[col] + k
+    n2f = n2.to(d.dtype)
+    dist2 = cc[col] + 2.0 * n2f * b[col] + n2f * n2f * A[col]
+    n0c, n1c = n0[col], n1[col]
+    ok = dist2 < r2
+    ok &= ~same_atom[pair[col]] | (n0c != 0) | (n1c != 0) | (n2 != 0)
+    keep = ok.nonzero(as_tuple=True)[0]
+    col = col[keep]
+    return pair[col], torch.stack([n0c[keep], n1c[keep], n2[keep]], dim=1), dist2[keep]

@@ -127,9 +127,14 @@ def relax(
     B, N = len(work), work.num_nodes
     if B == 0:
         empty = torch.zeros(0, dtype=dtype, device=device)
-        return RelaxResult(work, empty, torch.zeros((0, 3), dtype=dtype, device=device), None,
-                           torch.zeros(0, dtype=torch.bool, device=device),
-                           torch.zeros(0, dtype=torch.long, device=device))
+        return RelaxResult(
+            work,
+            empty,
+            torch.zeros((0, 3), dtype=dtype, device=device),
+            None,
+            torch.zeros(0, dtype=torch.bool, device=device),
+            torch.zeros(0, dtype=torch.long, device=device),
+        )
 
     cell0 = work.lattices.clone()
     cell0_inv = torch.linalg.inv(cell0)
@@ -180,7 +185,9 @@ def relax(
         f_sub = out.forces.to(dtype)
         if not torch.isfinite(e_sub).all() or not torch.isfinite(f_sub).all():
             ids = [sub.ids[i] for i in torch.nonzero(~torch.isfinite(e_sub)).flatten().tolist()]
-            raise StructureError(f"potential {potential.name!r} returned non-finite energy/forces for {ids or 'some crystals'}")
+            raise StructureError(
+                f"potential {potential.name!r} returned non-finite energy/forces for {ids or 'some crystals'}"
+            )
         energy[idx] = e_sub
         forces[a_atoms] = f_sub
         Fb = F[sub.batch]

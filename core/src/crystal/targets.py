@@ -157,7 +157,9 @@ class TargetSet(nn.Module):
         return out
 
     # ------------------------------------------------------------------ losses
-    def loss(self, raw: Mapping[str, torch.Tensor], truth: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, raw: Mapping[str, torch.Tensor], truth: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted total loss and the per-target losses (on normalised values / logits)."""
         import torch.nn.functional as F
 
@@ -191,7 +193,9 @@ class TargetSet(nn.Module):
                 out[f"{s.name}_rmse"] = float(err.pow(2).mean().sqrt()) if err.numel() else math.nan
             else:
                 pred = (v > 0.5).long() if s.num_classes == 2 and v.dim() == 1 else v.argmax(-1)
-                out[f"{s.name}_accuracy"] = float((pred == t.reshape(-1).long()).double().mean()) if t.numel() else math.nan
+                out[f"{s.name}_accuracy"] = (
+                    float((pred == t.reshape(-1).long()).double().mean()) if t.numel() else math.nan
+                )
         return out
 
     def extra_repr(self) -> str:

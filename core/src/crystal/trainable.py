@@ -63,7 +63,9 @@ class EncoderConfig(ComponentConfig):
 
     weights: str | None = Field(None, description="named weights shipped with the plugin (`crystal plugins info`)")
     checkpoint: Path | None = Field(None, description="a crystal encoder checkpoint (.pt) written by `crystal train`")
-    sha256: str | None = Field(None, pattern=_HEX64, description="expected hex sha256 of `checkpoint` (checked when given)")
+    sha256: str | None = Field(
+        None, pattern=_HEX64, description="expected hex sha256 of `checkpoint` (checked when given)"
+    )
     targets: tuple[TargetSpec, ...] = Field(
         (TargetSpec(name="prediction"),), description="targets of a new (untrained) model"
     )
@@ -83,7 +85,9 @@ class EncoderNet(nn.Module):
         return self.targets.split(structure, atom)
 
 
-def load_encoder_checkpoint(path: Path, sha256: str | None = None, *, who: str = "encoder") -> tuple[dict[str, Any], str]:
+def load_encoder_checkpoint(
+    path: Path, sha256: str | None = None, *, who: str = "encoder"
+) -> tuple[dict[str, Any], str]:
     """Verify (when ``sha256`` is given) and load a crystal encoder checkpoint.
 
     Returns ``(checkpoint dict, actual sha256)``; raises :class:`WeightsError` on a bad
@@ -102,7 +106,9 @@ def load_encoder_checkpoint(path: Path, sha256: str | None = None, *, who: str =
     except Exception as exc:
         raise WeightsError(f"{who}: cannot load checkpoint {str(path)!r} (weights-only): {exc}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(f"{who}: {str(path)!r} is not a crystal encoder checkpoint (no format={CHECKPOINT_FORMAT!r})")
+        raise WeightsError(
+            f"{who}: {str(path)!r} is not a crystal encoder checkpoint (no format={CHECKPOINT_FORMAT!r})"
+        )
     if int(ckpt.get("format_version", 0)) > CHECKPOINT_VERSION:
         raise WeightsError(
             f"{who}: {str(path)!r} has format_version {ckpt.get('format_version')}, newer than this crystal "
@@ -139,7 +145,9 @@ class TrainableEncoder(Encoder):
             try:
                 self.net.load_state_dict(ckpt["state_dict"], strict=True)
             except (RuntimeError, KeyError) as exc:
-                raise WeightsError(f"encoder {self.name!r}: checkpoint does not match the architecture: {exc}") from None
+                raise WeightsError(
+                    f"encoder {self.name!r}: checkpoint does not match the architecture: {exc}"
+                ) from None
         self.net.to(self.device).eval()
 
     # ----------------------------------------------------------------- plugin API

@@ -154,7 +154,9 @@ class CharacterizeStep(_Step):
     type: Literal["characterize"]
     characterizer: str = Field(description="name of an installed characterizer plugin")
     config: dict[str, Any] = Field(default_factory=dict)
-    representation: str | None = Field(None, description="representation producing the signal (default: what the characterizer consumes)")
+    representation: str | None = Field(
+        None, description="representation producing the signal (default: what the characterizer consumes)"
+    )
     representation_config: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -250,7 +252,9 @@ def _describe_loc(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
     if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
         steps = data.get("steps") or []
         sid = steps[loc[1]].get("id") if loc[1] < len(steps) and isinstance(steps[loc[1]], dict) else None
-        rest = [str(p) for p in loc[2:] if not (isinstance(p, str) and p in (*MAP_STEPS, "filter", "rank", "deduplicate"))]
+        rest = [
+            str(p) for p in loc[2:] if not (isinstance(p, str) and p in (*MAP_STEPS, "filter", "rank", "deduplicate"))
+        ]
         where = f"step {sid!r} (steps[{loc[1]}])" if sid else f"steps[{loc[1]}]"
         return f"{where}: field {'.'.join(rest)!r}" if rest else where
     if len(loc) >= 2 and loc[0] == "sinks" and isinstance(loc[1], int):

@@ -102,7 +102,9 @@ class Pipeline:
         return cls(config, origin=str(path), base_dir=Path(path).resolve().parent)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], overrides: list[str] | None = None, *, base_dir: Path | None = None) -> Pipeline:
+    def from_dict(
+        cls, data: dict[str, Any], overrides: list[str] | None = None, *, base_dir: Path | None = None
+    ) -> Pipeline:
         from crystal.pipeline.config import apply_overrides
 
         data = apply_overrides(data, overrides or [])
@@ -206,14 +208,22 @@ class Pipeline:
             started = previous.get("started")
         else:
             if run_dir.exists() and any(run_dir.iterdir()):
-                raise ConfigError(f"{run_dir}: run directory exists and is not empty; use --resume or another directory")
+                raise ConfigError(
+                    f"{run_dir}: run directory exists and is not empty; use --resume or another directory"
+                )
             started = _dt.datetime.now(_dt.UTC).isoformat()
         run_dir.mkdir(parents=True, exist_ok=True)
 
         listeners = list(listeners)
 
-        def emit(kind: EventKind, step: str | None = None, message: str = "", done: int | None = None,
-                 total: int | None = None, data: dict[str, Any] | None = None) -> None:
+        def emit(
+            kind: EventKind,
+            step: str | None = None,
+            message: str = "",
+            done: int | None = None,
+            total: int | None = None,
+            data: dict[str, Any] | None = None,
+        ) -> None:
             event = PipelineEvent(kind, str(run_dir), step, message, done, total, data or {})
             _dispatch(event, listeners)
 
@@ -225,10 +235,25 @@ class Pipeline:
             "config_sha256": chash,
             "seed": meta.seed,
             "device": str(dev),
-            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(dev)
+            if dev.type == "cuda"
+            else platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "packages": {p: _version(p) for p in ("crystal-core", "crystal-cli", "torch", "numpy", "pymatgen", "ase", "pydantic", "pluggy", "stevedore")},
+            "packages": {
+                p: _version(p)
+                for p in (
+                    "crystal-core",
+                    "crystal-cli",
+                    "torch",
+                    "numpy",
+                    "pymatgen",
+                    "ase",
+                    "pydantic",
+                    "pluggy",
+                    "stevedore",
+                )
+            },
             "torch_threads": torch.get_num_threads(),
             "started": started,
             "status": "running",
@@ -247,6 +272,7 @@ class Pipeline:
             ctx = StepContext(run_dir=run_dir, emit=emit)
             plugins_used = []
             dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
+
             def instantiate(kind: str, name: str, ccfg: dict[str, Any]) -> Component:
                 cls = load_class(kind, name)
                 # a component that cannot run on the run's device (e.g. a CPU-only generator on a
@@ -263,17 +289,19 @@ class Pipeline:
                 ctx.components[step_id] = comps
                 for c in comps:
                     info = dists.get((c.kind.singular, c.name))
-                    plugins_used.append({
-                        "step": step_id,
-                        "device": str(c.device),
-                        "kind": c.kind.singular,
-                        "name": c.name,
-                        "component_version": c.version,
-                        "distribution": info.distribution if info else None,
-                        "distribution_version": info.version if info else None,
-                        "config": c.config.model_dump(mode="json"),
-                        "weights": [_weights_record(w) for w in c.weights_in_use()],
-                    })
+                    plugins_used.append(
+                        {
+                            "step": step_id,
+                            "device": str(c.device),
+                            "kind": c.kind.singular,
+                            "name": c.name,
+                            "component_version": c.version,
+                            "distribution": info.distribution if info else None,
+                            "distribution_version": info.version if info else None,
+                            "config": c.config.model_dump(mode="json"),
+                            "weights": [_weights_record(w) for w in c.weights_in_use()],
+                        }
+                    )
             manifest["plugins"] = plugins_used
 
             # ---- source
@@ -287,9 +315,16 @@ class Pipeline:
                 save_checkpoint(src_ckpt, source)
             manifest["timings_s"]["source"] = round(time.perf_counter() - t0, 3)
             all_ids = list(source.batch.ids) + [f.id for f in source.failures]
-            inputs_info = {i: str(inf.get("source", "")) for i, inf in zip(source.batch.ids, source.batch.info, strict=True)}
-            emit("step_end", "source", f"{len(source.batch)} crystals, {len(source.failures)} failed",
-                 done=len(source.batch), total=len(all_ids))
+            inputs_info = {
+                i: str(inf.get("source", "")) for i, inf in zip(source.batch.ids, source.batch.info, strict=True)
+            }
+            emit(
+                "step_end",
+                "source",
+                f"{len(source.batch)} crystals, {len(source.failures)} failed",
+                done=len(source.batch),
+                total=len(all_ids),
+            )
 
             failures = list(source.failures)
             dropped: list[Dropped] = []
@@ -349,8 +384,11 @@ class Pipeline:
             t0 = time.perf_counter()
             rows = _result_rows(all_ids, batch, failures, dropped, inputs_info)
             _write_rows(run_dir / "results.csv", rows)
-            _write_rows(run_dir / "failures.csv", [r for r in rows if r["status"] == "failed"],
-                        fields=["id", "status", "step", "reason", "source"])
+            _write_rows(
+                run_dir / "failures.csv",
+                [r for r in rows if r["status"] == "failed"],
+                fields=["id", "status", "step", "reason", "source"],
+            )
             outputs = ["results.csv", "failures.csv"]
             for sink in cfg.sinks:
                 outputs += self._write_sink(sink, batch, run_dir)
@@ -366,8 +404,11 @@ class Pipeline:
                 outputs=outputs,
             )
             _write_json(manifest_path, manifest)
-            emit("run_end", message=f"{counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
-                 f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates -> {run_dir}")
+            emit(
+                "run_end",
+                message=f"{counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+                f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates -> {run_dir}",
+            )
             return RunResult(run_dir, batch, rows, failures, dropped, manifest)
         except BaseException as exc:
             # leave an honest manifest behind: the run failed or was interrupted, never 'running'
@@ -422,8 +463,11 @@ class Pipeline:
         batch = batch.to(dev)
         reasons = batch.validate(meta.min_distance)
         keep = torch.tensor([r is None for r in reasons], dtype=torch.bool, device=dev)
-        failures += [Failure(i, "source", r, str(inf.get("source", "")))
-                     for i, r, inf in zip(batch.ids, reasons, batch.info, strict=True) if r is not None]
+        failures += [
+            Failure(i, "source", r, str(inf.get("source", "")))
+            for i, r, inf in zip(batch.ids, reasons, batch.info, strict=True)
+            if r is not None
+        ]
         for f in failures:
             ctx.emit("failure", "source", f"{f.id}: {f.reason}", data={"id": f.id, "reason": f.reason})
         return StageOutput(batch.select(keep), failures)
@@ -440,17 +484,31 @@ class Pipeline:
         cols = sink.columns if sink.columns is not None else list(batch.crystal_properties)
         missing = [c for c in cols if c not in batch.crystal_properties]
         if missing:
-            raise CrystalError(f"csv sink {sink.path!r}: unknown columns {missing}; available: {sorted(batch.crystal_properties)}")
+            raise CrystalError(
+                f"csv sink {sink.path!r}: unknown columns {missing}; available: {sorted(batch.crystal_properties)}"
+            )
         formulas = batch.formulas() if len(batch) else []
         rows = []
         values = {c: batch.crystal_properties[c].detach().cpu().tolist() for c in cols}
         for k, ident in enumerate(batch.ids):
-            row: dict[str, Any] = {"rank": k + 1, "id": ident, "formula": formulas[k], "num_atoms": int(batch.num_atoms[k])}
+            row: dict[str, Any] = {
+                "rank": k + 1,
+                "id": ident,
+                "formula": formulas[k],
+                "num_atoms": int(batch.num_atoms[k]),
+            }
             for label_head, label in batch.info[k].get("labels", {}).items():
                 row[label_head] = label
             row.update({c: _fmt(values[c][k]) for c in cols})
             rows.append(row)
-        fields = ["rank", "id", "formula", "num_atoms", *sorted({h for inf in batch.info for h in inf.get("labels", {})}), *cols]
+        fields = [
+            "rank",
+            "id",
+            "formula",
+            "num_atoms",
+            *sorted({h for inf in batch.info for h in inf.get("labels", {})}),
+            *cols,
+        ]
         _write_rows(target, rows, fields=fields)
         return [sink.path]
 
@@ -485,19 +543,39 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, fh, indent=2, default=str)
 
 
-def _result_rows(all_ids: list[str], batch: CrystalBatch, failures: list[Failure], dropped: list[Dropped],
-                 sources: dict[str, str]) -> list[dict[str, Any]]:
+def _result_rows(
+    all_ids: list[str], batch: CrystalBatch, failures: list[Failure], dropped: list[Dropped], sources: dict[str, str]
+) -> list[dict[str, Any]]:
     by_id: dict[str, dict[str, Any]] = {}
     formulas = batch.formulas() if len(batch) else []
     cols = {c: v.detach().cpu().tolist() for c, v in batch.crystal_properties.items() if v.ndim == 1}
     for k, ident in enumerate(batch.ids):
-        row = {"id": ident, "status": "ok", "step": "", "reason": "", "source": sources.get(ident, ""), "formula": formulas[k]}
+        row = {
+            "id": ident,
+            "status": "ok",
+            "step": "",
+            "reason": "",
+            "source": sources.get(ident, ""),
+            "formula": formulas[k],
+        }
         row.update({c: _fmt(v[k]) for c, v in cols.items()})
         by_id[ident] = row
     for d in dropped:
-        by_id[d.id] = {"id": d.id, "status": d.status, "step": d.step, "reason": d.reason, "source": sources.get(d.id, "")}
+        by_id[d.id] = {
+            "id": d.id,
+            "status": d.status,
+            "step": d.step,
+            "reason": d.reason,
+            "source": sources.get(d.id, ""),
+        }
     for f in failures:
-        by_id[f.id] = {"id": f.id, "status": "failed", "step": f.step, "reason": f.reason, "source": f.source or sources.get(f.id, "")}
+        by_id[f.id] = {
+            "id": f.id,
+            "status": "failed",
+            "step": f.step,
+            "reason": f.reason,
+            "source": f.source or sources.get(f.id, ""),
+        }
     rows = []
     for ident in all_ids:
         found = by_id.get(ident)
@@ -525,9 +603,14 @@ def load_pipeline(source: str | Path | dict[str, Any], overrides: list[str] | No
     return Pipeline.from_toml(source, overrides)
 
 
-def run_pipeline(source: str | Path | dict[str, Any], run_dir: str | Path | None = None, *,
-                 overrides: list[str] | None = None, resume: bool = False, device: str | None = None,
-                 listeners: Iterable[Listener] = ()) -> RunResult:
+def run_pipeline(
+    source: str | Path | dict[str, Any],
+    run_dir: str | Path | None = None,
+    *,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    listeners: Iterable[Listener] = (),
+) -> RunResult:
     """Load and run a pipeline in one call (the Python twin of ``crystal run``)."""
     return load_pipeline(source, overrides).run(run_dir, resume=resume, device=device, listeners=listeners)
-

@@ -130,7 +130,9 @@ def _characterize(step: CharacterizeStep, batch: CrystalBatch, ctx: StepContext)
         raise PipelineError(
             f"step {step.id!r}: representation {representation.name!r} produced {sorted(rep)}, not a 'signal'"
         )
-    scores = {k: v.to(batch.device) for k, v in characterizer.characterize(rep["signal"].to(characterizer.device)).items()}
+    scores = {
+        k: v.to(batch.device) for k, v in characterizer.characterize(rep["signal"].to(characterizer.device)).items()
+    }
     for head, probs in scores.items():
         p, k = probs.detach().max(dim=1)
         labels = characterizer.labels(head)

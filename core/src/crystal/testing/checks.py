@@ -44,7 +44,13 @@ def assert_invariant(
 
     Use ``scale`` for extensive quantities under a supercell (e.g. ``8.0`` for a 2×2×2).
     """
-    _close(fn(transform(batch)), fn(batch) * scale, atol, rtol, f"invariance under {getattr(transform, '__name__', transform)}")
+    _close(
+        fn(transform(batch)),
+        fn(batch) * scale,
+        atol,
+        rtol,
+        f"invariance under {getattr(transform, '__name__', transform)}",
+    )
 
 
 def assert_equivariant_forces(

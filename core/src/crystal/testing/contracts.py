@@ -70,8 +70,15 @@ def _per_crystal(batch: CrystalBatch, fn: Callable[[CrystalBatch], torch.Tensor]
     return torch.cat([fn(batch.select([i])) for i in range(len(batch))])
 
 
-def check_potential(pot: Potential, batch: CrystalBatch | None = None, *, atol: float = 2e-3, rtol: float = 1e-4,
-                    fd_delta: float = 1e-3, fd_atol: float = 1e-2) -> None:
+def check_potential(
+    pot: Potential,
+    batch: CrystalBatch | None = None,
+    *,
+    atol: float = 2e-3,
+    rtol: float = 1e-4,
+    fd_delta: float = 1e-3,
+    fd_atol: float = 1e-2,
+) -> None:
     """Shapes, finiteness, batching, invariances (translation, permutation, left-handed
     cells), rotation equivariance, extensivity and −∇E = F."""
     from crystal.testing.checks import assert_forces_match_finite_differences
@@ -88,8 +95,13 @@ def check_potential(pot: Potential, batch: CrystalBatch | None = None, *, atol: 
     only_e = pot.compute(batch, forces=False, stress=False)
     _close(only_e.energy, out.energy, atol, rtol, f"{name}: energy without forces/stress")
     _close(_per_crystal(batch, pot.energy), out.energy, atol, rtol, f"{name}: batched vs one-by-one energy")
-    _close(pot.energy(translate(batch, torch.tensor([0.7, -0.3, 1.1]))), out.energy, atol, rtol,
-           f"{name}: energy under translation")
+    _close(
+        pot.energy(translate(batch, torch.tensor([0.7, -0.3, 1.1]))),
+        out.energy,
+        atol,
+        rtol,
+        f"{name}: energy under translation",
+    )
     permuted, order = permute(batch, torch.Generator().manual_seed(0))
     p_out = pot.compute(permuted, forces=True, stress=False)
     _close(p_out.energy, out.energy, atol, rtol, f"{name}: energy under permutation")
@@ -139,14 +151,19 @@ def check_encoder(enc: Encoder, batch: CrystalBatch | None = None, *, atol: floa
         assert value.shape[0] in (len(batch), batch.num_nodes), f"{name}: {target} has shape {tuple(value.shape)}"
         assert torch.isfinite(value).all(), f"{name}: non-finite {target}"
     R = random_rotation(torch.Generator().manual_seed(2), dtype=batch.dtype).to(batch.device)
-    for label, other in (("rotation", rotate(batch, R)), ("translation", translate(batch, torch.tensor([0.4, 0.1, -2.0])))):
+    for label, other in (
+        ("rotation", rotate(batch, R)),
+        ("translation", translate(batch, torch.tensor([0.4, 0.1, -2.0]))),
+    ):
         o2 = enc.predict(other)
         for target in out:
             _close(o2[target], out[target], atol, rtol, f"{name}: {target} under {label}")
     singles = [enc.predict(batch.select([i])) for i in range(len(batch))]
     for target, value in out.items():
         if value.shape[0] == len(batch):
-            _close(torch.cat([s[target] for s in singles]), value, atol, rtol, f"{name}: batched vs one-by-one {target}")
+            _close(
+                torch.cat([s[target] for s in singles]), value, atol, rtol, f"{name}: batched vs one-by-one {target}"
+            )
 
 
 def check_representation(rep: Representation, batch: CrystalBatch | None = None) -> None:

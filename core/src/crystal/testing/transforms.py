@@ -66,7 +66,11 @@ def permute(batch: CrystalBatch, generator: torch.Generator | None = None) -> tu
 
 
 def supercell(batch: CrystalBatch, reps: tuple[int, int, int] = (2, 2, 2)) -> CrystalBatch:
-    """Repeat every crystal ``reps`` times along its lattice vectors (atoms stay grouped per crystal)."""
+    """Repeat every crystal ``reps`` times along its lattice vectors (atoms stay grouped per crystal).
+
+    ``crystal_properties`` (per-crystal inputs such as a temperature) are copied unchanged;
+    extensive labels must be scaled by the caller.
+    """
     n = torch.tensor(reps, device=batch.device)
     m = int(n.prod())
     cells = torch.cartesian_prod(*(torch.arange(int(k), device=batch.device) for k in reps)).to(batch.dtype)  # (m, 3)
@@ -86,6 +90,7 @@ def supercell(batch: CrystalBatch, reps: tuple[int, int, int] = (2, 2, 2)) -> Cr
         lattices=batch.lattices * n.to(batch.dtype)[None, :, None],
         num_atoms=batch.num_atoms * m,
         pbc=batch.pbc.clone(),
+        crystal_properties=dict(batch.crystal_properties),
         atom_properties={k: v[src] for k, v in batch.atom_properties.items()},
         ids=list(batch.ids),
         info=list(batch.info),
