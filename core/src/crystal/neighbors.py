@@ -148,7 +148,9 @@ def radius_graph(
         for stop in bounds:
             if stop <= start:
                 continue
-            pair, n, d2 = _sphere_images(torch.arange(start, stop, device=device), delta, lo, width, L_pair, same, r_search)
+            pair, n, d2 = _sphere_images(
+                torch.arange(start, stop, device=device), delta, lo, width, L_pair, same, r_search
+            )
             sel_p.append(pair)
             sel_n.append(n)
             sel_d.append(d2)
@@ -169,6 +171,7 @@ def radius_graph(
     L = batch.lattices[crystal_of_pair[pair]]
     vectors = torch.einsum("ec,ecd->ed", batch.frac_coords[j] - batch.frac_coords[i] + shifts.to(dtype), L)
     return RadiusGraph(torch.stack([i, j]), shifts, vectors, vectors.norm(dim=-1))
+
 
 def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For counts ``c`` (K,): the owner ``k`` of every item and its rank ``0..c_k-1``."""

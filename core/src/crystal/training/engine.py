@@ -246,7 +246,8 @@ def fit(
     """Train ``encoder.net`` on labelled batches (targets in ``crystal_properties`` /
     ``atom_properties``) with Lightning; the best weights (lowest ``val_loss``, else
     ``train_loss``) are loaded back into ``encoder``. Returns ``(encoder, info)`` with
-    ``info = {"epochs", "best_epoch", "train_time_s", "history", "best_score", "global_zero"}``.
+    ``info = {"epochs", "best_epoch", "train_time_s", "history", "best_score", "global_zero",
+    "world_size"}``.
     """
     pl = _lightning()
     o = optim if isinstance(optim, OptimConfig) else OptimConfig.model_validate(dict(optim or {}))
@@ -354,6 +355,7 @@ def fit(
         "train_time_s": elapsed,
         "history": list(epochs_cb.rows),
         "global_zero": bool(pl_trainer.is_global_zero),
+        "world_size": int(pl_trainer.world_size),
     }
     return encoder, info
 
@@ -529,6 +531,12 @@ def train(config: TrainConfig | Mapping[str, Any], *, resume: bool = False, quie
                 raise ConfigError(f"cannot resume: {saved} does not exist (no run in {out})")
             old = json.loads(saved.read_text(encoding="utf-8"))
             changed = _config_changes(old, cfg_json)
+            if "trainer.max_epochs" in changed and cfg.optim.scheduler not in ("onecycle", "cosine"):
+                changed.remove("trainer.max_epochs")
+            elif "trainer.max_epochs" in changed:
+                changed[changed.index("trainer.max_epochs")] = (
+                    f"trainer.max_epochs, which the {cfg.optim.scheduler} schedule depends on"
+                )
             if changed:
                 raise ConfigError(f"cannot resume {out}: the run config changed ({', '.join(changed)})")
         elif (out / "checkpoints").exists() or (out / "model.pt").exists():
@@ -627,6 +635,7 @@ def train(config: TrainConfig | Mapping[str, Any], *, resume: bool = False, quie
         "train_time_s": round(info["train_time_s"], 2),
         "time_per_epoch_s": round(info["train_time_s"] / max(info["epochs"], 1), 3),
         "device": _device_name(cfg),
+        "processes": info["world_size"],
         "parameters": sum(p.numel() for p in encoder.net.parameters()),
         "metrics": metrics,
     }
@@ -650,7 +659,7 @@ def _device_name(cfg: TrainConfig) -> str:
     )
 
 
-_RESUMABLE = {("trainer", "max_epochs"), ("trainer", "progress"), ("trainer", "patience")}
+_RESUMABLE = {("trainer", "progress"), ("trainer", "patience")}
 
 
 def _config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[str]:

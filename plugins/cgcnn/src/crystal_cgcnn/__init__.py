@@ -4,4 +4,4 @@ Kept tiny on purpose: listing plugins reads ``crystal_plugin.toml`` only and mus
 import torch. The component lives in :mod:`crystal_cgcnn.encoder`.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

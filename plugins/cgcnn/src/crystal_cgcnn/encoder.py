@@ -1,9 +1,20 @@
-"""CGCNN encoder: the original published checkpoints, or a randomly initialised CGCNN.
+"""CGCNN as a crystal :class:`~crystal.trainable.TrainableEncoder`.
 
-Inputs: a :class:`~crystal.batch.CrystalBatch`. Output: ``{target: (B,) float32}``, the
-denormalised regression value of each crystal (unit of the training target), or for a
-classification checkpoint the probability of class 1 (``exp`` of the LogSoftmax output;
-"metal" for the published ``semi-metal-classification`` model).
+Three ways to get a model, all through ``CGCNNEncoder(...)``:
+
+* a new, randomly initialised CGCNN (``seed``) with the paper's defaults and the targets in
+  ``targets`` (or one target named ``target``), to be trained;
+* a crystal checkpoint (``checkpoint``, written by ``save()`` / ``crystal train``);
+* an **original** CGCNN checkpoint (``.pth.tar`` of ``txie-93/cgcnn``: a dict with ``args``,
+  ``state_dict``, ``normalizer``), detected automatically (no ``format="crystal-encoder"``),
+  with its ``sha256`` and the ``atom_init`` JSON it was trained with. It becomes a normal
+  trainable encoder: its architecture comes from ``args``, the weights load unchanged into
+  ``net.model``, its normaliser becomes the target's mean/std, a classification model a
+  2-class classification target; ``save()`` writes it in crystal format.
+
+Output of ``predict``: ``{target: (B,) or (B, dim) or (N, ...)}`` — denormalised regression
+values (unit of the training target) or, for binary classification, the probability of
+class 1 ("metal" for the published ``semi-metal-classification`` model).
 """
 
 from __future__ import annotations
@@ -15,65 +26,105 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from pydantic import Field, model_validator
+from torch import nn
 
 from crystal.batch import CrystalBatch
-from crystal.components import ComponentConfig, Encoder
+from crystal.components import ComponentConfig
 from crystal.errors import ConfigError, StructureError, WeightsError
+from crystal.targets import TargetSet, TargetSpec
+from crystal.trainable import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RUNTIME_FIELDS, EncoderConfig, TrainableEncoder
 from crystal_cgcnn.features import derived_atom_features, load_atom_init
-from crystal_cgcnn.model import CGCNN, gaussian_centres, nearest_neighbours
+from crystal_cgcnn.model import CGCNN, gaussian_centres
 
-__all__ = ["CGCNNConfig", "CGCNNEncoder", "load_checkpoint"]
+__all__ = ["CGCNNConfig", "CGCNNEncoder", "load_original_checkpoint"]
 
-_ARCH_FIELDS = ("atom_fea_len", "n_conv", "h_fea_len", "n_h", "classification")
+_WHO = "encoder 'cgcnn'"
 _HEX64 = r"^[0-9a-f]{64}$"
+#: architecture fields read from an original checkpoint's ``args``
+_ORIGINAL_ARCH = ("atom_fea_len", "n_conv", "h_fea_len", "n_h")
 
 
-class CGCNNConfig(ComponentConfig):
-    """Configuration of :class:`CGCNNEncoder`.
+class CGCNNConfig(EncoderConfig):
+    """Hyperparameters of :class:`CGCNNEncoder` (defaults: Xie & Grossman 2018 / the original code).
 
-    With ``checkpoint`` (an original-format ``.pth.tar``), ``sha256`` (its hex sha256,
-    checked before loading) and ``atom_init`` (the element-feature JSON it was trained
-    with) are required, and the architecture comes from the checkpoint's ``args``.
-    Without it the model is randomly initialised (``seed``) with the fields below and
-    element features derived from element data (or ``atom_init`` if given).
+    Inherited: ``weights``, ``checkpoint`` (a crystal checkpoint *or* an original CGCNN
+    ``.pth.tar``, detected from its content), ``sha256`` (required for an original
+    checkpoint), ``targets``, ``seed``.
     """
 
-    checkpoint: Path | None = Field(None, description="original CGCNN checkpoint (.pth.tar)")
-    sha256: str | None = Field(None, pattern=_HEX64, description="hex sha256 of `checkpoint` (required with it)")
-    atom_init: Path | None = Field(None, description="atom_init.json element features (required with `checkpoint`)")
-    atom_init_sha256: str | None = Field(None, pattern=_HEX64, description="optional hex sha256 of `atom_init`")
-    target: str = Field("prediction", min_length=1, description="name of the predicted property")
-    seed: int = Field(0, description="seed of the random initialisation (no checkpoint)")
-    atom_fea_len: int = Field(64, ge=1)
-    n_conv: int = Field(3, ge=0)
-    h_fea_len: int = Field(128, ge=1)
-    n_h: int = Field(1, ge=1)
-    classification: bool = False
+    atom_init: Path | None = Field(
+        None,
+        description='element-feature JSON {"Z": [floats]} (the original atom_init.json, 92 features); required '
+        "with an original checkpoint; default: features derived from element data (93, Z 1-100)",
+    )
+    atom_init_sha256: str | None = Field(None, pattern=_HEX64, description="expected hex sha256 of `atom_init`")
+    target: str | None = Field(
+        None,
+        min_length=1,
+        description="name of the single target (shortcut for targets=[{name=...}]); for an original checkpoint "
+        "the name of its property (default 'prediction')",
+    )
+    atom_fea_len: int = Field(64, ge=1, description="hidden atom feature width F (dimensionless)")
+    n_conv: int = Field(3, ge=0, description="number of convolution layers")
+    h_fea_len: int = Field(128, ge=1, description="hidden width after pooling")
+    n_h: int = Field(1, ge=1, description="number of hidden layers after pooling (conv_to_fc + n_h - 1 fcs)")
+    dropout: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="dropout probability on the pooled features after conv_to_fc (training only); default: "
+        "0.5 if a structure target is a classification, else 0 (as the original)",
+    )
     radius: float = Field(8.0, gt=0, description="neighbour cutoff, Å")
-    max_num_nbr: int = Field(12, ge=1, description="neighbours kept per atom")
+    max_num_nbr: int = Field(12, ge=1, description="neighbours kept per atom (the nearest ones)")
     dmin: float = Field(0.0, ge=0, description="first Gaussian centre, Å")
-    step: float = Field(0.2, gt=0, description="Gaussian spacing and width, Å")
+    step: float = Field(0.2, gt=0, description="Gaussian spacing and width σ, Å")
 
     @model_validator(mode="after")
     def _consistent(self) -> CGCNNConfig:
-        if self.checkpoint is None:
-            if self.sha256 is not None:
-                raise ValueError("sha256 is given but checkpoint is not")
-        else:
-            if self.sha256 is None:
-                raise ValueError("checkpoint needs its sha256 (hex digest of the file, e.g. from `sha256sum`)")
-            if self.atom_init is None:
-                raise ValueError("checkpoint needs atom_init (the atom_init.json the model was trained with)")
-            clash = sorted(set(_ARCH_FIELDS) & self.model_fields_set)
-            if clash:
-                raise ValueError(f"{', '.join(clash)} are read from the checkpoint's args; do not set them")
         if self.atom_init_sha256 is not None and self.atom_init is None:
             raise ValueError("atom_init_sha256 is given but atom_init is not")
+        if self.checkpoint is not None and self.atom_init is not None and self.sha256 is None:
+            raise ValueError(
+                "atom_init with a checkpoint is for an original CGCNN checkpoint (.pth.tar), which needs its sha256 "
+                "(hex digest of the file, e.g. from `sha256sum`); a crystal checkpoint carries its element features"
+            )
         if self.dmin >= self.radius:
             raise ValueError("dmin must be below radius")
+        if self.target is not None:
+            if "targets" in self.model_fields_set:
+                if tuple(s.name for s in self.targets) != (self.target,):
+                    raise ValueError("give either target (one target's name) or targets, not both")
+            else:
+                object.__setattr__(self, "targets", (TargetSpec(name=self.target),))
         return self
 
 
+def _dropout(config: CGCNNConfig, targets: TargetSet) -> float:
+    if config.dropout is not None:
+        return config.dropout
+    classify = any(s.task == "classification" and s.level == "structure" for s in targets.specs)
+    return 0.5 if classify else 0.0
+
+
+def element_table(config: CGCNNConfig) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``(features (Zmax + 1, D) float64, known (Zmax + 1,) bool, provenance)`` for ``config``."""
+    if config.atom_init is None:
+        table, known = derived_atom_features()
+        return table, known, {"source": "derived (crystal.element_features.derived_atom_features)"}
+    from crystal.weights import sha256sum
+
+    path = Path(config.atom_init)
+    if not path.is_file():
+        raise ConfigError(f"{_WHO}: atom_init {str(path)!r} does not exist")
+    digest = sha256sum(path)
+    if config.atom_init_sha256 is not None and config.atom_init_sha256 != digest:
+        raise WeightsError(f"{_WHO}: atom_init {str(path)!r} has sha256 {digest}, expected {config.atom_init_sha256}")
+    table, known = load_atom_init(path)
+    return table, known, {"source": "atom_init", "path": str(path), "sha256": digest}
+
+
+# ------------------------------------------------------------------ original checkpoints
 def _safe_globals() -> list[Any]:
     """Globals the published checkpoints need under ``weights_only=True``: the training
     ``argparse.Namespace`` (``args``) and, in ``semi-metal-classification``, a numpy float64
@@ -85,147 +136,224 @@ def _safe_globals() -> list[Any]:
     return [argparse.Namespace, (scalar, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype(np.float64))]
 
 
-def load_checkpoint(path: Path, sha256: str) -> dict[str, Any]:
-    """Verify and load an original CGCNN checkpoint with ``torch.load(weights_only=True)``.
-
-    Returns ``{"args": dict, "state_dict": ..., "normalizer": {"mean", "std"}}``.
-    """
+def _load_any(path: Path, sha256: str | None) -> tuple[Any, str]:
+    """Verify (when ``sha256`` is given) and load ``path`` weights-only; returns ``(object, digest)``."""
     from crystal.weights import sha256sum
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"encoder 'cgcnn': checkpoint {str(path)!r} does not exist")
-    actual = sha256sum(path)
-    if actual != sha256:
-        raise WeightsError(f"encoder 'cgcnn': checkpoint {str(path)!r} has sha256 {actual}, expected {sha256}")
+        raise ConfigError(f"{_WHO}: checkpoint {str(path)!r} does not exist")
+    digest = sha256sum(path)
+    if sha256 is not None and digest != sha256:
+        raise WeightsError(f"{_WHO}: checkpoint {str(path)!r} has sha256 {digest}, expected {sha256}")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"encoder 'cgcnn': cannot load checkpoint {str(path)!r}: {exc}") from None
-    if not isinstance(ckpt, dict) or not {"args", "state_dict"} <= set(ckpt):
-        raise WeightsError(f"encoder 'cgcnn': {str(path)!r} is not an original CGCNN checkpoint (args, state_dict)")
-    args = ckpt["args"]
+        raise WeightsError(f"{_WHO}: cannot load checkpoint {str(path)!r} (weights-only): {exc}") from None
+    return obj, digest
+
+
+def _is_original(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") != CHECKPOINT_FORMAT and {"args", "state_dict"} <= set(obj)
+
+
+def load_original_checkpoint(path: Path, sha256: str | None) -> dict[str, Any]:
+    """Verify and load an original CGCNN checkpoint with ``torch.load(weights_only=True)``.
+
+    Returns ``{"args": dict, "state_dict": ..., "normalizer": {"mean", "std"}, "sha256": str}``.
+    """
+    obj, digest = _load_any(path, sha256)
+    if not _is_original(obj):
+        raise WeightsError(f"{_WHO}: {str(path)!r} is not an original CGCNN checkpoint (args, state_dict)")
+    return _parse_original(obj, digest)
+
+
+def _parse_original(obj: dict[str, Any], digest: str) -> dict[str, Any]:
+    args = obj["args"]
     args = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args)
-    norm = ckpt.get("normalizer") or {"mean": 0.0, "std": 1.0}
+    norm = obj.get("normalizer") or {"mean": 0.0, "std": 1.0}
     return {
         "args": args,
-        "state_dict": ckpt["state_dict"],
+        "state_dict": obj["state_dict"],
         "normalizer": {"mean": float(norm["mean"]), "std": float(norm["std"])},
+        "epoch": obj.get("epoch"),
+        "best_mae_error": None if obj.get("best_mae_error") is None else float(obj["best_mae_error"]),
+        "sha256": digest,
     }
 
 
-class CGCNNEncoder(Encoder):
-    """CGCNN (Xie & Grossman, PRL 120, 145301 (2018)) property predictor."""
+class CGCNNEncoder(TrainableEncoder):
+    """CGCNN (Xie & Grossman, PRL 120, 145301 (2018)): trainable, or from original checkpoints."""
 
     name: ClassVar[str] = "cgcnn"
-    version: ClassVar[str] = "0.1.0"
+    version: ClassVar[str] = "0.2.0"
     Config: ClassVar[type[ComponentConfig]] = CGCNNConfig
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
+    config: CGCNNConfig
+
     def __init__(self, config: Any = None, *, device: str = "auto", **overrides: Any) -> None:
+        self._from_crystal_checkpoint = False
         super().__init__(config, device=device, **overrides)
         cfg = self.config
+        if self._from_crystal_checkpoint:
+            self.element_features_info: dict[str, Any] = dict(
+                self.metadata.get("element_features") or {"source": "crystal checkpoint"}
+            )
+        else:
+            self.element_features_info = element_table(cfg)[2]
+        #: sha256 of the atom_init file in use (None: derived features or a crystal checkpoint)
+        self.atom_init_sha256: str | None = self.element_features_info.get("sha256") if cfg.atom_init else None
+
+    # ------------------------------------------------------------------ model
+    @classmethod
+    def build_model(cls, config: Any, targets: TargetSet) -> nn.Module:
+        assert isinstance(config, CGCNNConfig)
+        table, known, _ = element_table(config)
+        return CGCNN(
+            table,
+            known,
+            atom_fea_len=config.atom_fea_len,
+            n_conv=config.n_conv,
+            h_fea_len=config.h_fea_len,
+            n_h=config.n_h,
+            radius=config.radius,
+            max_num_nbr=config.max_num_nbr,
+            dmin=config.dmin,
+            step=config.step,
+            dropout=_dropout(config, targets),
+            structure_width=targets.structure_width,
+            atom_width=targets.atom_width,
+        )
+
+    # ---------------------------------------------------------------- loading
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """Crystal checkpoints go to the base class; original ones are converted to that format."""
+        cfg = self.config
         assert isinstance(cfg, CGCNNConfig)
-        self.checkpoint_sha256: str | None = None
-        self.atom_init_sha256: str | None = None
-        if cfg.atom_init is not None:
-            from crystal.weights import sha256sum
+        if cfg.checkpoint is None or cfg.weights is not None:
+            self._from_crystal_checkpoint = cfg.weights is not None and cfg.checkpoint is None
+            return super()._read_checkpoint()
+        obj, digest = _load_any(Path(cfg.checkpoint), cfg.sha256)
+        if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+            self._from_crystal_checkpoint = True
+            return super()._read_checkpoint()
+        if not _is_original(obj):
+            raise WeightsError(
+                f"{_WHO}: {str(cfg.checkpoint)!r} is neither a crystal encoder checkpoint (format="
+                f"{CHECKPOINT_FORMAT!r}) nor an original CGCNN checkpoint (a dict with args and state_dict)"
+            )
+        missing = [f for f in ("sha256", "atom_init") if getattr(cfg, f) is None]
+        if missing:
+            raise ConfigError(
+                f"{_WHO}: {str(cfg.checkpoint)!r} is an original CGCNN checkpoint, which needs "
+                f"{' and '.join(missing)} (sha256: hex digest of the file; atom_init: the atom_init.json the "
+                "model was trained with)"
+            )
+        self.checkpoint_sha256 = digest
+        return self._convert_original(_parse_original(obj, digest))
 
-            if not Path(cfg.atom_init).is_file():
-                raise ConfigError(f"encoder 'cgcnn': atom_init {str(cfg.atom_init)!r} does not exist")
-            self.atom_init_sha256 = sha256sum(Path(cfg.atom_init))
-            if cfg.atom_init_sha256 is not None and cfg.atom_init_sha256 != self.atom_init_sha256:
-                raise WeightsError(
-                    f"encoder 'cgcnn': atom_init {str(cfg.atom_init)!r} has sha256 {self.atom_init_sha256}, "
-                    f"expected {cfg.atom_init_sha256}"
-                )
-            table, known = load_atom_init(cfg.atom_init)
-        else:
-            table, known = derived_atom_features()
-        centres = gaussian_centres(cfg.dmin, cfg.radius, cfg.step)
-        nbr_fea_len = int(centres.numel())
-        self.mean, self.std = 0.0, 1.0
-        if cfg.checkpoint is not None:
-            assert cfg.sha256 is not None
-            ckpt = load_checkpoint(cfg.checkpoint, cfg.sha256)
-            self.checkpoint_sha256 = cfg.sha256
-            args = ckpt["args"]
-            try:
-                arch = {
-                    "atom_fea_len": int(args["atom_fea_len"]),
-                    "n_conv": int(args["n_conv"]),
-                    "h_fea_len": int(args["h_fea_len"]),
-                    "n_h": int(args["n_h"]),
-                    "classification": args.get("task", "regression") == "classification",
-                }
-            except KeyError as exc:
-                raise WeightsError(f"encoder 'cgcnn': checkpoint args lack {exc}") from None
-            self.mean, self.std = ckpt["normalizer"]["mean"], ckpt["normalizer"]["std"]
-            state = ckpt["state_dict"]
-        else:
-            arch = {k: getattr(cfg, k) for k in _ARCH_FIELDS}
-            state = None
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
-            torch.manual_seed(cfg.seed)
-            model = CGCNN(int(table.shape[1]), nbr_fea_len, **arch)
-        if state is not None:
-            w = state.get("embedding.weight")
-            if w is not None and w.shape[1] != table.shape[1]:
-                raise ConfigError(
-                    f"encoder 'cgcnn': the checkpoint expects {w.shape[1]} element features but atom_init "
-                    f"{str(cfg.atom_init)!r} has {table.shape[1]}"
-                )
-            fc = state.get("convs.0.fc_full.weight")
-            if fc is not None and fc.shape[1] != 2 * arch["atom_fea_len"] + nbr_fea_len:
-                raise ConfigError(
-                    f"encoder 'cgcnn': the checkpoint expects {fc.shape[1] - 2 * arch['atom_fea_len']} Gaussian "
-                    f"distance features but radius/dmin/step give {nbr_fea_len}"
-                )
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise WeightsError(
-                    f"encoder 'cgcnn': checkpoint does not match the CGCNN architecture: {exc}"
-                ) from None
-        self.classification = bool(arch["classification"])
-        self.model = model.to(self.device).eval()
-        self.atom_table = table.to(device=self.device, dtype=torch.float32)
-        self.known = known.to(self.device)
-        self.centres = centres.to(self.device)
+    def _original_target(self, task: str) -> TargetSpec:
+        cfg = self.config
+        expected = TargetSpec(name=cfg.target or "prediction", task=task)  # type: ignore[arg-type]
+        if "targets" not in cfg.model_fields_set:
+            return expected
+        specs = cfg.targets
+        ok = (
+            len(specs) == 1
+            and specs[0].level == "structure"
+            and specs[0].task == task
+            and specs[0].width == expected.width
+        )
+        if not ok:
+            raise ConfigError(
+                f"{_WHO}: the original checkpoint {str(cfg.checkpoint)!r} predicts one structure-level {task} "
+                f"target (width {expected.width}); targets must describe exactly that, or give only `target`"
+            )
+        return specs[0]
 
-    @property
-    def targets(self) -> tuple[str, ...]:
-        return (self.config.target,)  # type: ignore[attr-defined]
+    def _convert_original(self, orig: dict[str, Any]) -> dict[str, Any]:
+        """An original checkpoint as a crystal-format checkpoint dict (see crystal.trainable)."""
+        cfg = self.config
+        assert isinstance(cfg, CGCNNConfig)
+        args = orig["args"]
+        try:
+            arch = {k: int(args[k]) for k in _ORIGINAL_ARCH}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"{_WHO}: original checkpoint args lack or garble {exc}") from None
+        if args.get("enable_tanh"):
+            raise WeightsError(f"{_WHO}: original checkpoints with enable_tanh are not supported")
+        task = str(args.get("task", "regression"))
+        if task not in ("regression", "classification"):
+            raise WeightsError(f"{_WHO}: original checkpoint has unknown task {task!r}")
+        spec = self._original_target(task)
+        table, known, info = element_table(cfg)
+        state = {f"model.{k}": v for k, v in orig["state_dict"].items()}
+        w = state.get("model.embedding.weight")
+        if w is not None and w.shape[1] != table.shape[1]:
+            raise ConfigError(
+                f"{_WHO}: the checkpoint expects {w.shape[1]} element features but atom_init "
+                f"{str(cfg.atom_init)!r} has {table.shape[1]}"
+            )
+        nbr_fea_len = int(gaussian_centres(cfg.dmin, cfg.radius, cfg.step).numel())
+        fc = state.get("model.convs.0.fc_full.weight")
+        if fc is not None and fc.shape[1] != 2 * arch["atom_fea_len"] + nbr_fea_len:
+            raise ConfigError(
+                f"{_WHO}: the checkpoint expects {fc.shape[1] - 2 * arch['atom_fea_len']} Gaussian distance "
+                f"features but radius/dmin/step give {nbr_fea_len}"
+            )
+        state["model.element_features"] = table.to(torch.get_default_dtype())
+        state["model.element_known"] = known
+        if spec.task == "regression":
+            state[f"targets.mean_{spec.name}"] = torch.tensor([orig["normalizer"]["mean"]])
+            state[f"targets.std_{spec.name}"] = torch.tensor([orig["normalizer"]["std"]])
+        config = cfg.model_dump(mode="json", exclude=set(RUNTIME_FIELDS) | {"targets"})
+        config.update(arch, atom_init_sha256=info["sha256"], target=spec.name)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "plugin": self.name,
+            "plugin_version": self.version,
+            "config": config,
+            "targets": [spec.model_dump(mode="json")],
+            "state_dict": state,
+            "metadata": {
+                "source": "original CGCNN checkpoint (txie-93/cgcnn)",
+                "original_checkpoint": str(cfg.checkpoint),
+                "original_sha256": orig["sha256"],
+                "original_args": {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool, list))},
+                "original_epoch": orig["epoch"],
+                "original_best_mae_error": orig["best_mae_error"],
+                "element_features": info,
+            },
+        }
 
-    def _check_elements(self, z: torch.Tensor) -> None:
-        zmax = self.known.numel() - 1
+    # ----------------------------------------------------------------- saving
+    def checkpoint(self, metadata: Any = None) -> dict[str, Any]:
+        """The crystal checkpoint: self-contained, the element features travel in the state
+        dict (``model.element_features``), so ``atom_init`` is not needed to load it; where
+        they came from is recorded in ``metadata["element_features"]``."""
+        ckpt = super().checkpoint(metadata)
+        ckpt["config"]["atom_init"] = None
+        ckpt["config"]["atom_init_sha256"] = None
+        ckpt["metadata"].setdefault("element_features", dict(self.element_features_info))
+        return ckpt
+
+    # ------------------------------------------------------------------ predict
+    def check_elements(self, batch: CrystalBatch) -> None:
+        """Raise :class:`StructureError` naming the elements without element features."""
+        known = self.net.model.element_known
+        z = batch.atomic_numbers.to(known.device)
+        zmax = known.numel() - 1
         bad = (z < 1) | (z > zmax)
-        bad |= ~self.known[z.clamp(0, zmax)]
+        bad |= ~known[z.clamp(0, zmax)]
         if bool(bad.any()):
             from crystal.elements import symbol
 
             missing = sorted(set(z[bad].tolist()))
             names = ", ".join(f"{symbol(int(x)) if 1 <= x <= 118 else '?'} (Z={x})" for x in missing)
-            source = "atom_init file" if self.config.atom_init is not None else "derived element features"  # type: ignore[attr-defined]
-            raise StructureError(f"encoder 'cgcnn': no element features for {names} in the {source}")
-
-    def predict(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
-        cfg = self.config
-        assert isinstance(cfg, CGCNNConfig)
-        batch = batch.to(self.device)
-        target = cfg.target
-        if len(batch) == 0:
-            return {target: torch.zeros(0, dtype=torch.float32, device=self.device)}
-        z = batch.atomic_numbers
-        self._check_elements(z)
-        with torch.no_grad():
-            graph = nearest_neighbours(batch.to(dtype=torch.float64), cfg.radius, cfg.max_num_nbr)
-            # Gaussian expansion in float64 then float32, as the original (numpy then torch.Tensor)
-            d = graph.distance.to(torch.float64)
-            nbr_fea = torch.exp(-((d[..., None] - self.centres) ** 2) / cfg.step**2).to(torch.float32)
-            out = self.model(self.atom_table[z], nbr_fea, graph.index, batch.batch, len(batch))
-        value = out[:, 1].exp() if self.classification else out[:, 0] * self.std + self.mean
-        return {target: value}
+            source = self.element_features_info.get("source", "element features")
+            raise StructureError(f"{_WHO}: no element features for {names} (element features: {source})")

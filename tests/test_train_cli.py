@@ -1,0 +1,207 @@
+"""`crystal train` end to end: artefacts, predict with the result, resume, bad rows, DDP.
+
+Small SchNet / MEGNet models on 40 real Perov-5 structures keep each run to seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from support import crystal_cli
+
+TINY_SCHNET = ["-c", "n_interactions=1", "-c", "n_features=16", "-c", "n_filters=16"]
+
+
+@pytest.fixture
+def small_csv(tmp_path: Path, shared_data: Path) -> Path:
+    rows = list(csv.DictReader((shared_data / "perov_5" / "test.csv").open()))[:40]
+    path = tmp_path / "small.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def test_train_predict_resume(tmp_path: Path, small_csv: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "-e",
+        "schnet",
+        "--train",
+        str(small_csv),
+        "--test",
+        str(small_csv),
+        "-t",
+        "heat_ref:unit=eV",
+        *TINY_SCHNET,
+        "--batch-size",
+        "8",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
+    r = crystal_cli(*args, "--epochs", "2")
+    assert r.returncode == 0, r.stderr
+    for name in (
+        "model.pt",
+        "model-card.md",
+        "summary.json",
+        "metrics.csv",
+        "predictions.csv",
+        "parity.png",
+        "failures.csv",
+        "train-config.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+    ):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sizes"] == {"train": 36, "val": 4, "test": 40} and summary["epochs"] == 2
+    assert summary["sha256"] in (out / "model-card.md").read_text()
+    assert len(_read(out / "metrics.csv")) == 2
+    # the trained model through `crystal predict` gives the run's own test predictions
+    r = crystal_cli(
+        "predict",
+        str(small_csv),
+        "-e",
+        "schnet",
+        "-c",
+        f"checkpoint='{out / 'model.pt'}'",
+        "-c",
+        f"sha256='{summary['sha256']}'",
+        "--run-dir",
+        str(tmp_path / "pred"),
+        "--quiet",
+    )
+    assert r.returncode == 0, r.stderr
+    pred = {row["id"]: float(row["heat_ref"]) for row in _read(tmp_path / "pred" / "predictions.csv")}
+    train_pred = {row["id"]: float(row["heat_ref_pred"]) for row in _read(out / "predictions.csv")}
+    assert pred.keys() == train_pred.keys()
+    assert max(abs(pred[k] - train_pred[k]) for k in pred) < 1e-5
+    # an existing run is not overwritten; --resume continues it
+    r = crystal_cli(*args, "--epochs", "2")
+    assert r.returncode == 2 and "already holds a run" in r.stderr
+    r = crystal_cli(*args, "--epochs", "3", "--resume")
+    assert r.returncode == 2 and "max_epochs, which the onecycle schedule depends on" in r.stderr
+    args += ["--set", "optim.scheduler='none'"]
+    r = crystal_cli(*args, "--epochs", "2", "-o", str(tmp_path / "flat"))
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "flat"
+    r = crystal_cli(*args, "--epochs", "3", "--resume", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert [row["epoch"] for row in _read(out / "metrics.csv")] == ["3"]  # a resumed run logs its new epochs
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 3
+    r = crystal_cli(*args, "--epochs", "4", "--resume", "--lr", "0.5", "-o", str(out))
+    assert r.returncode == 2 and "optim.lr" in r.stderr
+
+
+def test_bad_rows_are_skipped_and_reported(tmp_path: Path, small_csv: Path) -> None:
+    rows = _read(small_csv)[:12]
+    rows[1]["cif"] = "data_broken\n_cell_length_a 4.0\n"
+    rows[2]["heat_ref"] = "nan"
+    rows[3]["heat_ref"] = ""
+    rows[4]["cif"] = rows[4]["cif"].replace("Ba", "Am")  # outside MEGNet's elements (Z <= 94)
+    data = tmp_path / "bad.csv"
+    with data.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    am_row = rows[4]["material_id"] if "Am" in rows[4]["cif"] else None
+    out = tmp_path / "run"
+    r = crystal_cli(
+        "train",
+        "-e",
+        "megnet",
+        "--train",
+        str(data),
+        "-t",
+        "heat_ref",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "-o",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    failures = {row["id"]: row for row in _read(out / "failures.csv")}
+    assert failures[rows[1]["material_id"]]["step"] == "read"
+    assert "NaN" in failures[rows[2]["material_id"]]["reason"]
+    assert "not a number" in failures[rows[3]["material_id"]]["reason"]
+    if am_row is not None:
+        assert failures[am_row]["step"] == "elements" and "Am" in failures[am_row]["reason"]
+    assert f"skipped {len(failures)} row(s)" in r.stderr
+    # on_error = raise stops at the first bad row, naming file, row and field
+    r = crystal_cli(
+        "train",
+        "-e",
+        "megnet",
+        "--train",
+        str(data),
+        "-t",
+        "heat_ref",
+        "--epochs",
+        "1",
+        "--set",
+        "data.on_error='raise'",
+        "-o",
+        str(tmp_path / "strict"),
+    )
+    assert r.returncode == 1 and str(data) in r.stderr and "row 3: field 'cif'" in r.stderr
+
+
+def test_config_errors_exit_2(tmp_path: Path, small_csv: Path) -> None:
+    r = crystal_cli(
+        "train", "-e", "schnet", "--train", str(small_csv), "-t", "heat_ref", "-c", "bogus=1", "-o", str(tmp_path / "a")
+    )
+    assert r.returncode == 2 and "bogus" in r.stderr
+    r = crystal_cli("train", "-e", "schnet", "--train", str(small_csv))
+    assert r.returncode == 2 and "--target" in r.stderr
+    r = crystal_cli("train", "-e", "chgnet", "--train", str(small_csv), "-t", "heat_ref", "-o", str(tmp_path / "b"))
+    assert r.returncode == 2 and "chgnet" in r.stderr
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        f'encoder = "schnet"\n[[targets]]\nname = "heat_ref"\n[data]\ntrain = "{small_csv}"\n[optim]\nmomentum = 0.9\n'
+    )
+    r = crystal_cli("train", str(toml))
+    assert r.returncode == 2 and f"{toml}: field 'optim'" in r.stderr and "momentum" in r.stderr
+
+
+def test_two_process_ddp_on_cpu(tmp_path: Path, small_csv: Path) -> None:
+    """Lightning DDP with the gloo backend: two processes, one model written by rank 0."""
+    out = tmp_path / "ddp"
+    r = crystal_cli(
+        "train",
+        "-e",
+        "schnet",
+        "--train",
+        str(small_csv),
+        "-t",
+        "heat_ref",
+        *TINY_SCHNET,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--strategy",
+        "ddp",
+        "-o",
+        str(out),
+        "--quiet",
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs"] == 2 and (out / "model.pt").is_file()
