@@ -188,7 +188,7 @@ def _sphere_images(
     lattice_of_pair: torch.Tensor,
     same_atom: torch.Tensor,
     radius: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Image offsets ``n`` with ``|(Δ + n) L| < radius`` for ``pairs`` (no self-image ``n = 0``).
 
     ``n_0, n_1`` run over their bounding ranges; for each such column the range of ``n_2``
