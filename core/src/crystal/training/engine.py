@@ -189,7 +189,7 @@ def _epoch_callback(path: Path | None, echo: bool) -> Any:
             self.rows: list[dict[str, Any]] = []
             self._t0 = time.perf_counter()
 
-        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+        def on_train_start(self, trainer: Any, module: Any) -> None:
             self._t0 = time.perf_counter()
 
         def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
@@ -198,7 +198,9 @@ def _epoch_callback(path: Path | None, echo: bool) -> Any:
             row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
             row.update({k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if v.numel() == 1})
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else math.nan
-            row["epoch_time_s"] = round(time.perf_counter() - self._t0, 3)
+            now = time.perf_counter()  # wall time since the previous epoch ended: training, validation, checkpoints
+            row["epoch_time_s"] = round(now - self._t0, 3)
+            self._t0 = now
             self.rows.append(row)
             if path is not None:
                 keys = list(dict.fromkeys(k for r in self.rows for k in r))

@@ -1,0 +1,90 @@
+"""ALIGNN as a trainable crystal encoder.
+
+Inputs: a :class:`~crystal.batch.CrystalBatch`. Outputs: ``{target: values}`` for the
+configured targets (``(B,)`` / ``(B, dim)`` per structure, ``(N,)`` / ``(N, dim)`` per atom,
+in the unit of the training data; classification targets as probabilities), see
+:class:`crystal.trainable.TrainableEncoder`. Hyperparameter defaults are those of the paper
+and of the reference ``ALIGNNConfig`` (``usnistgov/alignn``, ``alignn/models/alignn.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field
+from torch import nn
+
+from crystal.targets import TargetSet
+from crystal.trainable import EncoderConfig, TrainableEncoder
+
+__all__ = ["ALIGNNConfig", "ALIGNNEncoder"]
+
+
+class ALIGNNConfig(EncoderConfig):
+    """Architecture of :class:`ALIGNNEncoder` (names as in the reference ``ALIGNNConfig``)."""
+
+    bond_rbf_max: float = Field(
+        8.0,
+        gt=0,
+        description="upper end of the bond-length RBF centres, Å (the reference's RBFExpansion vmax, equal to its "
+        "8 Å neighbour cutoff); the atom graph itself is the exact k-nearest-neighbour shell, see max_neighbors",
+    )
+    max_neighbors: int = Field(
+        12,
+        ge=1,
+        description="k of the atom graph (count): every atom keeps its neighbours up to the distance of its "
+        "k-th nearest (ties included, however far), then the graph is made undirected",
+    )
+    alignn_layers: int = Field(4, ge=0, description="ALIGNN layers (atom-graph + line-graph convolution), count")
+    gcn_layers: int = Field(4, ge=0, description="further edge-gated convolutions on the atom graph, count")
+    edge_input_features: int = Field(80, ge=2, description="RBF bins of bond lengths from 0 to bond_rbf_max Å, count")
+    triplet_input_features: int = Field(
+        40, ge=2, description="RBF bins of bond-angle cosines from -1 to 1 (dimensionless), count"
+    )
+    embedding_features: int = Field(64, ge=1, description="width of the first bond and angle embedding layer, features")
+    hidden_features: int = Field(
+        256, ge=1, description="width of atom, bond and angle features in every layer, features"
+    )
+    layer_order: Literal["atom-then-line", "line-then-atom"] = Field(
+        "atom-then-line",
+        description="order of the two convolutions in an ALIGNN layer: 'atom-then-line' as in the reference "
+        "code (atom graph, then line graph on its bond messages), 'line-then-atom' as the paper describes",
+    )
+    gate_normalization: Literal["sum", "none"] = Field(
+        "sum",
+        description="'sum': edge gates normalised by their sum as in the reference code (single-element crystals "
+        "then all get the same prediction); 'none': unnormalised gates of Bresson & Laurent (2017) — a deviation "
+        "that lets the geometry reach the atom features of elemental crystals",
+    )
+
+
+class ALIGNNEncoder(TrainableEncoder):
+    """ALIGNN (Choudhary & DeCost, npj Comput. Mater. 7, 185 (2021)) property predictor."""
+
+    name: ClassVar[str] = "alignn"
+    version: ClassVar[str] = "0.1.0"
+    Config: ClassVar[type[EncoderConfig]] = ALIGNNConfig
+    consumes: ClassVar[str] = "crystal"
+    produces: ClassVar[str] = "properties"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: the derived element features cover Z = 1-100
+    max_atomic_number: ClassVar[int] = 100
+
+    @classmethod
+    def build_model(cls, config: Any, targets: TargetSet) -> nn.Module:
+        from crystal_alignn.model import ALIGNN
+
+        assert isinstance(config, ALIGNNConfig)
+        return ALIGNN(
+            targets,
+            bond_rbf_max=config.bond_rbf_max,
+            max_neighbors=config.max_neighbors,
+            alignn_layers=config.alignn_layers,
+            gcn_layers=config.gcn_layers,
+            edge_input_features=config.edge_input_features,
+            triplet_input_features=config.triplet_input_features,
+            embedding_features=config.embedding_features,
+            hidden_features=config.hidden_features,
+            layer_order=config.layer_order,
+            normalize_gates=config.gate_normalization == "sum",
+        )
