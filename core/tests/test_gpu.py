@@ -33,3 +33,35 @@ def test_relax_on_cuda_matches_cpu():
     assert gpu.batch.device.type == "cuda"
     torch.testing.assert_close(gpu.energy.cpu(), cpu.energy, atol=1e-8, rtol=0)
     assert gpu.steps.tolist() == cpu.steps.tolist()
+
+
+def test_radius_graph_on_cuda_matches_cpu():
+    from crystal.neighbors import radius_graph
+
+    batch = CrystalBatch.from_atoms([bulk("Cu", "fcc", a=3.6) * (2, 1, 1), bulk("Si", "diamond", a=5.43)])
+    for k in (None, 12):
+        g_cpu, g_gpu = radius_graph(batch, 6.0, max_neighbors=k), radius_graph(batch.to("cuda"), 6.0, max_neighbors=k)
+        assert torch.equal(g_gpu.edge_index.cpu(), g_cpu.edge_index)
+        torch.testing.assert_close(g_gpu.distances.cpu(), g_cpu.distances)
+
+
+def test_fit_on_cuda_keeps_data_on_the_device():
+    """The training engine moves the data set to the GPU once and trains there."""
+    from test_trainable import MeanEmbeddingEncoder
+    from test_training import _toy_data
+
+    from crystal.training import evaluate, fit
+
+    data = _toy_data(16)
+    enc = MeanEmbeddingEncoder(targets=[{"name": "y"}], width=8, device="cuda")
+    before = evaluate(enc, data)[1]["y_mae"]
+    enc, _info = fit(
+        enc,
+        data,
+        data,
+        trainer={"max_epochs": 30, "batch_size": 4, "accelerator": "gpu"},
+        optim={"lr": 0.05, "scheduler": "none"},
+        quiet=True,
+    )
+    assert next(enc.net.parameters()).device.type == "cuda"
+    assert evaluate(enc, data)[1]["y_mae"] < before

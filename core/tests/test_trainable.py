@@ -31,7 +31,7 @@ class MeanEmbedding(nn.Module):
 
     def forward(self, batch: CrystalBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         h = self.embed(batch.atomic_numbers)
-        pooled = torch.zeros(len(batch), h.shape[1]).index_add_(0, batch.batch, h) / batch.num_atoms[:, None]
+        pooled = torch.zeros(len(batch), h.shape[1], device=h.device).index_add_(0, batch.batch, h) / batch.num_atoms[:, None]
         s = self.structure_head(pooled) if self.structure_head is not None else None
         a = self.atom_head(h) if self.atom_head is not None else None
         return s, a
@@ -131,3 +131,16 @@ def test_normalizer_and_loss() -> None:
     assert torch.allclose(values["e"], torch.tensor([1.0, 3.0]))
     m = ts.metrics(values, {"e": torch.tensor([1.5, 3.0]), "c": torch.tensor([0, 0])})
     assert m["e_mae"] == pytest.approx(0.25) and m["c_accuracy"] == pytest.approx(0.5)
+
+
+def test_untrained_model_warns_once_and_loaded_one_does_not(tmp_path) -> None:
+    import warnings
+
+    enc = MeanEmbeddingEncoder()
+    with pytest.warns(UserWarning, match="no trained weights"):
+        enc.predict(_batch())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        enc.predict(_batch())  # once per instance
+        enc.save(tmp_path / "m.pt")
+        MeanEmbeddingEncoder(checkpoint=tmp_path / "m.pt").predict(_batch())

@@ -132,6 +132,9 @@ class TrainableEncoder(Encoder):
         self.checkpoint_sha256: str | None = None
         self.metadata: dict[str, Any] = {}
         ckpt = self._read_checkpoint()
+        #: False for a freshly initialised model (predictions are meaningless until trained)
+        self.trained = ckpt is not None
+        self._warned_untrained = False
         if ckpt is not None:
             self.config = self._merge_config(ckpt)
             self.metadata = dict(ckpt.get("metadata") or {})
@@ -230,6 +233,17 @@ class TrainableEncoder(Encoder):
         if len(batch) == 0:
             return {s.name: torch.zeros(0, device=self.device) for s in self.net.targets.specs}
         self.check_elements(batch)
+        if not self.trained and not self._warned_untrained:
+            import warnings
+
+            self._warned_untrained = True
+            known = ", ".join(self.weights) or "none shipped"
+            warnings.warn(
+                f"encoder {self.name!r} has no trained weights (random initialisation): pass weights= "
+                f"({known}) or checkpoint=, or train it with `crystal train`",
+                UserWarning,
+                stacklevel=2,
+            )
         self.net.eval()
         with torch.no_grad():
             raw = self.net(batch)

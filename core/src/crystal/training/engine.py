@@ -349,6 +349,7 @@ def fit(
         best_epoch = int(state.get("epoch", -1)) + 1
         best_score = float(checkpoint_cb.best_model_score) if checkpoint_cb.best_model_score is not None else None
     encoder.net.to(encoder.device).eval()
+    encoder.trained = True
     info = {
         "epochs": int(pl_trainer.current_epoch),
         "best_epoch": best_epoch,
