@@ -31,6 +31,7 @@ overrides any field (values parsed as TOML).
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -218,7 +219,7 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
             if isinstance(value, str):
                 value = [value]
             if isinstance(value, list):
-                section[key] = [v if not isinstance(v, str) or Path(v).is_absolute() else str(base / v) for v in value]
+                section[key] = [v if not isinstance(v, str) or Path(v).is_absolute() else os.path.normpath(base / v) for v in value]
     if isinstance(data.get("output"), str) and not Path(data["output"]).is_absolute():
-        data["output"] = str(base / data["output"])
+        data["output"] = os.path.normpath(base / data["output"])
     return parse_train_config(data, str(p))

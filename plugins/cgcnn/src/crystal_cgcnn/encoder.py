@@ -192,6 +192,8 @@ class CGCNNEncoder(TrainableEncoder):
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: weights trained by us and shipped in the package (model cards in crystal_cgcnn/weights/)
+    weights: ClassVar[tuple[str, ...]] = ("cgcnn-perov5-heat-ref",)
 
     config: CGCNNConfig
 
