@@ -188,3 +188,28 @@ def test_fit_is_reproducible_with_a_seed() -> None:
         fit(enc, data, None, trainer={"max_epochs": 3, "batch_size": 4, "seed": 5}, quiet=True)
         outs.append(enc.predict(data)["y"])
     assert torch.equal(outs[0], outs[1])
+
+
+def test_recompute_batchnorm_gives_exact_training_set_statistics() -> None:
+    from torch import nn
+
+    from crystal.training.engine import recompute_batchnorm
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(101, 4)
+            self.bn = nn.BatchNorm1d(4)
+
+        def forward(self, batch):
+            return self.bn(self.embed(batch.atomic_numbers))
+
+    data = _toy_data(24)
+    net = Net().eval()
+    assert recompute_batchnorm(net, data, batch_size=5) == 1
+    h = net.embed(data.atomic_numbers).detach()
+    torch.testing.assert_close(net.bn.running_mean, h.mean(0))
+    torch.testing.assert_close(net.bn.running_var, h.var(0))
+    assert not net.training and net.bn.momentum == 0.1
+    with pytest.raises(ConfigError, match="has no BatchNorm layers"):
+        fit(MeanEmbeddingEncoder(targets=[{"name": "y"}]), data, trainer={"batchnorm_stats": "recompute"}, quiet=True)

@@ -133,6 +133,12 @@ class TrainerConfig(_Strict):
     deterministic: bool = Field(False, description="use deterministic algorithms (slower)")
     progress: bool = Field(True, description="show a progress bar (only on a terminal)")
     check_val_every_n_epoch: int = Field(1, ge=1, description="validate every n epochs")
+    batchnorm_stats: Literal["running", "recompute"] = Field(
+        "running",
+        description="BatchNorm statistics used for validation and the saved model: 'running' (PyTorch's moving "
+        "average during training) or 'recompute' (exact averages over the training set with the current weights "
+        "before every validation, 'precise BN' of Wu & Johnson 2021); needs a model with BatchNorm layers",
+    )
 
 
 class TrainConfig(_Strict):
@@ -219,7 +225,9 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
             if isinstance(value, str):
                 value = [value]
             if isinstance(value, list):
-                section[key] = [v if not isinstance(v, str) or Path(v).is_absolute() else os.path.normpath(base / v) for v in value]
+                section[key] = [
+                    v if not isinstance(v, str) or Path(v).is_absolute() else os.path.normpath(base / v) for v in value
+                ]
     if isinstance(data.get("output"), str) and not Path(data["output"]).is_absolute():
         data["output"] = os.path.normpath(base / data["output"])
     return parse_train_config(data, str(p))

@@ -40,7 +40,7 @@ from crystal.trainable import TrainableEncoder
 from crystal.training.config import OptimConfig, TrainConfig, TrainerConfig
 from crystal.training.data import LabelledData, read_labelled, split_indices
 
-__all__ = ["EncoderTask", "TrainResult", "evaluate", "fit", "train"]
+__all__ = ["EncoderTask", "TrainResult", "evaluate", "fit", "recompute_batchnorm", "train"]
 
 log = logging.getLogger("crystal.training")
 
@@ -84,20 +84,36 @@ def _make_task_class() -> type:
     class _EncoderTask(pl.LightningModule):  # type: ignore[misc, name-defined]
         """Loss, metrics and optimisation of an :class:`~crystal.trainable.EncoderNet`."""
 
-        def __init__(self, net: torch.nn.Module, optim: OptimConfig, splits: Mapping[str, CrystalBatch]) -> None:
+        def __init__(
+            self,
+            net: torch.nn.Module,
+            optim: OptimConfig,
+            splits: Mapping[str, CrystalBatch],
+            batch_size: int = 64,
+            recompute_batchnorm: bool = False,
+        ) -> None:
             super().__init__()
             self.net = net
             self.optim = optim
             self._splits = dict(splits)
             self._on_device: dict[tuple[str, str], CrystalBatch] = {}
+            self._batch_size = batch_size
+            self._recompute_batchnorm = recompute_batchnorm
+
+        def on_validation_epoch_start(self) -> None:
+            if self._recompute_batchnorm and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+                recompute_batchnorm(self.net, self._data("train", self.device), self._batch_size)
+
+        def _data(self, split: str, device: torch.device) -> CrystalBatch:
+            key = (split, str(device))
+            if key not in self._on_device:
+                self._on_device[key] = self._splits[split].to(device)
+            return self._on_device[key]
 
         # data: indices in, crystals selected on the device
         def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> CrystalBatch:
             split, index = batch
-            key = (split, str(device))
-            if key not in self._on_device:
-                self._on_device[key] = self._splits[split].to(device)
-            return self._on_device[key].select(index.to(device))
+            return self._data(split, device).select(index.to(device))
 
         def _step(self, batch: CrystalBatch, stage: str) -> torch.Tensor:
             targets: TargetSet = self.net.targets  # type: ignore[assignment]
@@ -170,13 +186,76 @@ def _make_task_class() -> type:
 _TASK_CLASS: type | None = None
 
 
-def EncoderTask(net: torch.nn.Module, optim: OptimConfig, splits: Mapping[str, CrystalBatch]) -> Any:
+def EncoderTask(
+    net: torch.nn.Module,
+    optim: OptimConfig,
+    splits: Mapping[str, CrystalBatch],
+    batch_size: int = 64,
+    recompute_batchnorm: bool = False,
+) -> Any:
     """The ``LightningModule`` training ``net`` (created lazily so that importing this
     module does not import Lightning)."""
     global _TASK_CLASS
     if _TASK_CLASS is None:
         _TASK_CLASS = _make_task_class()
-    return _TASK_CLASS(net, optim, splits)
+    return _TASK_CLASS(net, optim, splits, batch_size, recompute_batchnorm)
+
+
+def recompute_batchnorm(net: torch.nn.Module, data: CrystalBatch, batch_size: int) -> int:
+    """Set every BatchNorm's running mean/variance to the exact mean and (unbiased) variance
+    of its inputs over all of ``data`` with the current weights ("precise BN", Wu & Johnson
+    2021), instead of a moving average over batches computed with older weights.
+
+    Forward passes run in training mode (so each layer sees what it sees in training) without
+    gradients; the module's mode is restored. Returns the number of BatchNorm layers.
+    """
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(data) == 0:
+        return len(layers)
+    was_training = net.training
+    sums: dict[int, list[Any]] = {}
+
+    def accumulate(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].detach()
+        dims = [d for d in range(x.dim()) if d != 1]
+        n = x.numel() // x.shape[1]
+        acc = sums.setdefault(id(module), [0, 0.0, 0.0])
+        acc[0] += n
+        acc[1] = acc[1] + x.double().sum(dims)
+        acc[2] = acc[2] + x.double().pow(2).sum(dims)
+
+    handles = [m.register_forward_pre_hook(accumulate) for m in layers]
+    net.train()
+    try:
+        with torch.no_grad():
+            for chunk in data.split(batch_size):
+                net(chunk)
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
+    for m in layers:
+        if id(m) not in sums or m.running_mean is None or m.running_var is None:
+            continue
+        n, s1, s2 = sums[id(m)]
+        mean = s1 / n
+        var = (s2 / n - mean * mean).clamp(min=0) * (n / max(n - 1, 1))  # unbiased, as BatchNorm stores
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
+    return len(layers)
+    was_training = net.training
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for chunk in data.split(batch_size):
+            net(chunk)
+    for m, momentum in zip(layers, momenta, strict=True):
+        m.momentum = momentum
+    net.train(was_training)
+    return len(layers)
 
 
 def _epoch_callback(path: Path | None, echo: bool) -> Any:
@@ -294,7 +373,10 @@ def fit(
     splits = {"train": train.to(dtype=torch.float64)}
     if val is not None:
         splits["val"] = val.to(dtype=torch.float64)
-    task = EncoderTask(encoder.net, o, splits)
+    recompute = t.batchnorm_stats == "recompute"
+    if recompute and not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in encoder.net.modules()):
+        raise ConfigError(f"trainer.batchnorm_stats = 'recompute': encoder {encoder.name!r} has no BatchNorm layers")
+    task = EncoderTask(encoder.net, o, splits, t.batch_size, recompute)
     devices: Any = t.devices
     strategy = t.strategy
     if strategy == "auto" and (devices == "auto" or int(devices) > 1 or t.num_nodes > 1):
