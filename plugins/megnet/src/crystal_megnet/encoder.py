@@ -97,7 +97,7 @@ class MEGNetEncoder(TrainableEncoder):
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    weights: ClassVar[tuple[str, ...]] = ()
+    weights: ClassVar[tuple[str, ...]] = ("megnet-perov5-heat-ref",)
     max_atomic_number: ClassVar[int] = MAX_ATOMIC_NUMBER
 
     @classmethod

@@ -62,6 +62,8 @@ class SchNetEncoder(TrainableEncoder):
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: weights trained by us and shipped in the package (model cards in crystal_schnet/weights/)
+    weights: ClassVar[tuple[str, ...]] = ("schnet-perov5-heat-ref",)
     #: embedding rows 0…100; elements with Z > 100 raise StructureError (TrainableEncoder.check_elements)
     max_atomic_number: ClassVar[int] = 100
 
