@@ -205,3 +205,23 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, small_csv: Path) -> None:
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["epochs"] == 2 and (out / "model.pt").is_file()
+
+
+def test_predict_with_named_weights_records_them(tmp_path: Path, small_csv: Path) -> None:
+    """`crystal predict --weights` (the pipeline's predict step) with shipped weights."""
+    out = tmp_path / "pred"
+    r = crystal_cli("predict", str(small_csv), "-e", "cgcnn", "--weights", "cgcnn-perov5-heat-ref",
+                    "--run-dir", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    rows = _read(out / "predictions.csv")
+    assert len(rows) == 40 and all(row["heat_ref"] for row in rows)
+    truth = {row["material_id"]: float(row["heat_ref"]) for row in _read(small_csv)}
+    mae = sum(abs(float(row["heat_ref"]) - truth[row["id"]]) for row in rows) / len(rows)
+    spread = sum(abs(v - sum(truth.values()) / len(truth)) for v in truth.values()) / len(truth)
+    assert mae < 0.5 * spread
+    manifest = json.loads((out / "manifest.json").read_text())
+    (plugin,) = [p for p in manifest["plugins"] if p["name"] == "cgcnn"]
+    assert plugin["weights"][0]["name"] == "cgcnn-perov5-heat-ref" and len(plugin["weights"][0]["sha256"]) == 64
+    assert plugin["checkpoint_sha256"] == plugin["weights"][0]["sha256"]
+    r = crystal_cli("predict", str(small_csv), "-e", "cgcnn", "--weights", "cgcnn-perov5-heat", "--run-dir", str(tmp_path / "x"))
+    assert r.returncode == 2 and "did you mean 'cgcnn-perov5-heat-ref'" in r.stderr

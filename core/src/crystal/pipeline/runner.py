@@ -300,6 +300,8 @@ class Pipeline:
                             "distribution_version": info.version if info else None,
                             "config": c.config.model_dump(mode="json"),
                             "weights": [_weights_record(w) for w in c.weights_in_use()],
+                            # sha256 of a checkpoint file loaded by path (trainable encoders)
+                            "checkpoint_sha256": getattr(c, "checkpoint_sha256", None),
                         }
                     )
             manifest["plugins"] = plugins_used
