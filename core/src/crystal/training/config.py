@@ -40,6 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from crystal.errors import ConfigError
+from crystal.pipeline.config import _parse_value
 from crystal.targets import TargetSpec
 
 __all__ = ["DataConfig", "OptimConfig", "TrainConfig", "TrainerConfig", "load_train_config", "parse_train_config"]
@@ -163,27 +164,19 @@ class TrainConfig(_Strict):
         return self
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "<root>"
-
-
 def parse_train_config(data: dict[str, Any], origin: str = "<train>") -> TrainConfig:
-    """Validate a training run given as a dict; :class:`ConfigError` lists every problem."""
+    """Validate a training run given as a dict; :class:`ConfigError` lists every problem,
+    each naming ``origin`` (the file) and the field."""
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{origin}: field {_loc(tuple(err['loc']))!r}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
-
-
-def _parse_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+        raise ConfigError(
+            "\n".join(
+                f"{origin}: field {'.'.join(str(p) for p in err['loc']) or '<root>'!r}: "
+                + ("unknown field" if err["type"] == "extra_forbidden" else err["msg"])
+                for err in exc.errors()
+            )
+        ) from None
 
 
 def apply_train_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -201,7 +194,7 @@ def apply_train_overrides(data: dict[str, Any], overrides: list[str]) -> dict[st
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: {p!r} is not a table")
-        node[last] = _parse_value(m.group(2))
+        node[last] = _parse_value(m.group(2))  # TOML value, else the raw string
     return data
 
 
