@@ -67,6 +67,8 @@ class ALIGNNEncoder(TrainableEncoder):
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    #: weights trained by us and shipped in the package (model cards in crystal_alignn/weights/)
+    weights: ClassVar[tuple[str, ...]] = ("alignn-perov5-heat-ref",)
     #: the derived element features cover Z = 1-100
     max_atomic_number: ClassVar[int] = 100
 
