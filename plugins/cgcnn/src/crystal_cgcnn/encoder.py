@@ -193,7 +193,7 @@ class CGCNNEncoder(TrainableEncoder):
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     #: weights trained by us and shipped in the package (model cards in crystal_cgcnn/weights/)
-    weights: ClassVar[tuple[str, ...]] = ("cgcnn-perov5-heat-ref",)
+    weights: ClassVar[tuple[str, ...]] = ("cgcnn-perov5-heat-ref", "cgcnn-carbon24-energy")
 
     config: CGCNNConfig
 
