@@ -181,3 +181,35 @@ def test_nearest_k_dense_path_matches_two_stable_sorts():
     for k in (1, 5, 12, 40):
         expected = order[rank < k]
         assert torch.equal(_nearest_k(edge_index, dist, k), expected), k
+
+
+def test_knn_search_falls_back_to_the_full_cutoff_for_sparse_atoms():
+    """The k-nearest path searches a density-based radius first; an atom short of k
+    neighbours there (a lone atom beside a dense cluster) sends its crystal to the full
+    search. The result must equal "all within the cutoff, then the k nearest"."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystal.neighbors import _nearest_k, _search
+
+    g = torch.Generator().manual_seed(3)
+    pts = []
+    while len(pts) < 40:  # a dense cluster in one corner of a 10 Å cell, atoms >= 1 Å apart
+        p = torch.rand(3, generator=g) * 4.5
+        if all(float((p - q).norm()) > 1.0 for q in pts):
+            pts.append(p)
+    frac = torch.stack(pts) / 10.0
+    frac = torch.cat([frac, torch.tensor([[0.75, 0.75, 0.75]])])  # the lone atom
+    sparse = Structure(Lattice.cubic(10.0), ["C"] * len(frac), frac.numpy())
+    dense = Structure(Lattice.cubic(3.6), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    batch = CrystalBatch.from_structures([dense, sparse, dense])
+    full = radius_graph(batch, 8.0)
+    i, j, _n, dist = _search(batch, 8.0, 4_000_000)  # the same edges, with the search's distances
+    assert torch.equal(torch.stack([i, j]), full.edge_index)
+    for k in (4, 12):
+        got = radius_graph(batch, 8.0, max_neighbors=k)
+        keep = _nearest_k(full.edge_index, dist, k)  # all within the cutoff, then the k nearest
+        assert torch.equal(got.edge_index, full.edge_index[:, keep]), k
+        assert torch.equal(got.shifts, full.shifts[keep]), k
+        torch.testing.assert_close(got.vectors, full.vectors[keep])
+    lone = batch.ptr[1] + 40
+    assert int((got.edge_index[0] == lone).sum()) == 12

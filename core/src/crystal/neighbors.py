@@ -108,69 +108,125 @@ def radius_graph(
     ``max_neighbors`` keeps only the that many nearest neighbours of each source atom (ties
     by neighbour index, then shift); edges are then ordered by (source, distance).
     """
-    device, dtype = batch.device, batch.dtype
+    dtype = batch.dtype
     if batch.num_nodes == 0:
         return _empty(batch)
     with torch.no_grad():
-        frac_in = batch.frac_coords.detach()
-        wrap = torch.floor(frac_in)
-        frac = frac_in - wrap  # (N, 3) in [0, 1)
-        lattices = batch.lattices.detach()
-        recip_norm = torch.linalg.inv(lattices).norm(dim=1)  # (B, 3) = 1 / plane spacing
-        reach = cutoff * recip_norm * (1 + 1e-6) + 1e-9  # (B, 3) safety margin; exact filter below
-
-        # every ordered intra-crystal pair (i, j)
-        counts = batch.num_atoms
-        pc = counts * counts
-        num_pairs = int(pc.sum())
-        crystal_of_pair = torch.repeat_interleave(torch.arange(len(batch), device=device), pc)
-        local = torch.arange(num_pairs, device=device) - torch.repeat_interleave(torch.cumsum(pc, 0) - pc, pc)
-        n_of_pair = counts[crystal_of_pair]
-        first = batch.ptr[crystal_of_pair]
-        pi = first + torch.div(local, n_of_pair, rounding_mode="floor")
-        pj = first + local % n_of_pair
-        delta = frac[pj] - frac[pi]  # (P, 3)
-        h = reach[crystal_of_pair]
-        lo = torch.ceil(-h - delta).long()
-        hi = torch.floor(h - delta).long()
-        width = (hi - lo + 1).clamp(min=0)  # (P, 3)
-        cand = width.prod(dim=1)  # (P,) candidate images per pair
-
-        # chunk pairs so that at most max_pairs_per_chunk candidates exist at once
-        ends = torch.cumsum(cand, 0)
-        chunk_id = torch.div(ends - 1, max(1, max_pairs_per_chunk), rounding_mode="floor").clamp(min=0)
-        bounds = torch.cumsum(torch.bincount(chunk_id), 0).tolist()
-        sel_p, sel_n, sel_d = [], [], []
-        start = 0
-        r_search = cutoff * (1 + 1e-6) + 1e-9
-        L_pair = lattices[crystal_of_pair]  # (P, 3, 3)
-        same = pi == pj
-        for stop in bounds:
-            if stop <= start:
-                continue
-            pair, n, d2 = _sphere_images(
-                torch.arange(start, stop, device=device), delta, lo, width, L_pair, same, r_search
-            )
-            sel_p.append(pair)
-            sel_n.append(n)
-            sel_d.append(d2)
-            start = stop
-        if not sel_p:
+        if max_neighbors is None:
+            i, j, n, dist = _search(batch, cutoff, max_pairs_per_chunk)
+        else:
+            i, j, n, dist = _search_knn(batch, cutoff, max_neighbors, max_pairs_per_chunk)
+            keep = _nearest_k(torch.stack([i, j]), dist, max_neighbors)  # choose before the recomputation
+            i, j, n = i[keep], j[keep], n[keep]
+        if i.numel() == 0:
             return _empty(batch)
-        pair = torch.cat(sel_p)
-        dist = torch.cat(sel_d).clamp(min=0).sqrt()
-        inside = (dist < cutoff).nonzero(as_tuple=True)[0]
-        pair, n, dist = pair[inside], torch.cat(sel_n)[inside], dist[inside]
-        i, j = pi[pair], pj[pair]
-        if max_neighbors is not None:  # choose before the differentiable recomputation
-            k = _nearest_k(torch.stack([i, j]), dist, max_neighbors)
-            pair, n, i, j = pair[k], n[k], i[k], j[k]
-        shifts = n - wrap[j].long() + wrap[i].long()  # offsets for the unwrapped input
+        wrap = torch.floor(batch.frac_coords.detach()).long()
+        shifts = n - wrap[j] + wrap[i]  # offsets for the unwrapped input
 
     # differentiable recomputation on the survivors only
-    L = batch.lattices[crystal_of_pair[pair]]
+    L = batch.lattices[batch.batch[i]]
     vectors = torch.einsum("ec,ecd->ed", batch.frac_coords[j] - batch.frac_coords[i] + shifts.to(dtype), L)
     return RadiusGraph(torch.stack([i, j]), shifts, vectors, vectors.norm(dim=-1))
+
+
+def _search(
+    batch: CrystalBatch, cutoff: float | torch.Tensor, max_pairs_per_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every (i, j, n) with ``|(f_j + n - f_i) L| < cutoff`` for wrapped coordinates ``f``
+    (no autograd), grouped by source ``i`` in (i, j, n) lexicographic order.
+
+    ``cutoff`` is a number or a ``(B,)`` tensor (one radius per crystal). Returns ``i, j``
+    (E,), image offsets ``n`` (E, 3) with respect to the wrapped coordinates, and distances (E,).
+    """
+    device = batch.device
+    frac = batch.frac_coords.detach()
+    frac = frac - torch.floor(frac)  # (N, 3) in [0, 1)
+    lattices = batch.lattices.detach()
+    radius = torch.as_tensor(cutoff, dtype=torch.float64, device=device).expand(len(batch))  # (B,)
+    recip_norm = torch.linalg.inv(lattices.to(torch.float64)).norm(dim=1)  # (B, 3) = 1 / plane spacing
+    reach = (radius * (1 + 1e-6) + 1e-9)[:, None] * recip_norm  # (B, 3) safety margin; exact filter below
+
+    # every ordered intra-crystal pair (i, j)
+    counts = batch.num_atoms
+    pc = counts * counts
+    num_pairs = int(pc.sum())
+    crystal_of_pair = torch.repeat_interleave(torch.arange(len(batch), device=device), pc)
+    local = torch.arange(num_pairs, device=device) - torch.repeat_interleave(torch.cumsum(pc, 0) - pc, pc)
+    n_of_pair = counts[crystal_of_pair]
+    first = batch.ptr[crystal_of_pair]
+    pi = first + torch.div(local, n_of_pair, rounding_mode="floor")
+    pj = first + local % n_of_pair
+    delta = (frac[pj] - frac[pi]).to(torch.float64)  # (P, 3)
+    h = reach[crystal_of_pair]
+    lo = torch.ceil(-h - delta).long()
+    hi = torch.floor(h - delta).long()
+    width = (hi - lo + 1).clamp(min=0)  # (P, 3)
+    cand = width.prod(dim=1)  # (P,) candidate images per pair (bounding box)
+    r_pair = radius[crystal_of_pair]
+    r2_search = (r_pair * (1 + 1e-6) + 1e-9) ** 2
+
+    # chunk pairs so that at most max_pairs_per_chunk candidates exist at once
+    ends = torch.cumsum(cand, 0)
+    chunk_id = torch.div(ends - 1, max(1, max_pairs_per_chunk), rounding_mode="floor").clamp(min=0)
+    bounds = torch.cumsum(torch.bincount(chunk_id), 0).tolist()
+    sel_p, sel_n, sel_d = [], [], []
+    start = 0
+    L_pair = lattices[crystal_of_pair]  # (P, 3, 3)
+    same = pi == pj
+    for stop in bounds:
+        if stop <= start:
+            continue
+        pair, n, d2 = _sphere_images(
+            torch.arange(start, stop, device=device), delta, lo, width, L_pair, same, r2_search
+        )
+        sel_p.append(pair)
+        sel_n.append(n)
+        sel_d.append(d2)
+        start = stop
+    if not sel_p:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, torch.zeros((0, 3), dtype=torch.long, device=device), torch.zeros(0, device=device)
+    pair = torch.cat(sel_p)
+    dist = torch.cat(sel_d).clamp(min=0).sqrt()
+    inside = (dist < r_pair[pair]).nonzero(as_tuple=True)[0]
+    pair = pair[inside]
+    return pi[pair], pj[pair], torch.cat(sel_n)[inside], dist[inside]
+
+
+def _search_knn(
+    batch: CrystalBatch, cutoff: float, k: int, max_pairs_per_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A superset of every atom's ``k`` nearest neighbours within ``cutoff`` (all ties included).
+
+    First a search within a per-crystal radius ``r_0 = min(cutoff, 1.5 (3 k V / 4πN)^{1/3} + 0.5 Å)``
+    (a sphere holding about 3k atoms at the crystal's density); an atom with at least ``k``
+    neighbours inside ``r_0`` has its ``k`` nearest — and every tie of the k-th — among them.
+    Crystals with an atom short of ``k`` are searched again with the full ``cutoff``. Same
+    output order as :func:`_search`.
+    """
+    volume = torch.linalg.det(batch.lattices.detach().to(torch.float64)).abs()
+    r_k = (3 * k * volume / (4 * torch.pi * batch.num_atoms.to(torch.float64))) ** (1 / 3)
+    r0 = (1.5 * r_k + 0.5).clamp(max=cutoff)
+    if bool((r0 >= cutoff).all()):
+        return _search(batch, cutoff, max_pairs_per_chunk)
+    i, j, n, dist = _search(batch, r0, max_pairs_per_chunk)
+    degree = torch.bincount(i, minlength=batch.num_nodes)
+    short = (degree < k) & (r0 < cutoff)[batch.batch]
+    if not bool(short.any()):
+        return i, j, n, dist
+    redo = torch.zeros(len(batch), dtype=torch.bool, device=batch.device)
+    redo[batch.batch[short]] = True
+    keep = (~redo[batch.batch[i]]).nonzero(as_tuple=True)[0]
+    redo_idx = redo.nonzero(as_tuple=True)[0]
+    sub = batch.select(redo_idx)
+    si, sj, sn, sd = _search(sub, cutoff, max_pairs_per_chunk)
+    to_global = batch._atom_index(redo_idx)  # sub-batch atom -> batch atom
+    i = torch.cat([i[keep], to_global[si]])
+    j = torch.cat([j[keep], to_global[sj]])
+    n = torch.cat([n[keep], sn])
+    dist = torch.cat([dist[keep], sd])
+    order = torch.sort(i, stable=True).indices  # regroup by source, keeping each source's order
+    return i[order], j[order], n[order], dist[order]
 
 
 def _expand(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,9 +243,10 @@ def _sphere_images(
     width: torch.Tensor,
     lattice_of_pair: torch.Tensor,
     same_atom: torch.Tensor,
-    radius: float,
+    r2_pair: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Image offsets ``n`` with ``|(Δ + n) L| < radius`` for ``pairs`` (no self-image ``n = 0``).
+    """Image offsets ``n`` with ``|(Δ + n) L|² < r²`` for ``pairs`` (no self-image ``n = 0``;
+    ``r2_pair`` (P,) the squared search radius of each pair).
 
     ``n_0, n_1`` run over their bounding ranges; for each such column the range of ``n_2``
     is solved exactly from ``|c + n_2 a_3|² < r²`` with ``c = (Δ_0+n_0) a_1 + (Δ_1+n_1) a_2
@@ -197,32 +254,44 @@ def _sphere_images(
     distance test needs only per-column scalars: ``|c|² + 2 n_2 (c·a_3) + n_2² |a_3|²``.
     Returns ``(pair (K,), n (K, 3), squared distance (K,))``.
     """
-    w = width[pairs]
+    # per-pair scalars (float64), so that columns need one gather and no 3-vectors:
+    # c = β + n0 a1 + n1 a2 with β = Δ L;  c·a3 and |c|² expand into dot products of β, a_k
+    L = lattice_of_pair.index_select(0, pairs).to(torch.float64)  # (P', 3, 3)
+    beta = torch.einsum("pk,pkd->pd", delta.index_select(0, pairs).to(torch.float64), L)
+    a1, a2, a3 = L[:, 0], L[:, 1], L[:, 2]
+    scalars = torch.stack(
+        [
+            (beta * a3).sum(-1), (a1 * a3).sum(-1), (a2 * a3).sum(-1), (beta * beta).sum(-1),
+            (a1 * a1).sum(-1), (a2 * a2).sum(-1), (beta * a1).sum(-1), (beta * a2).sum(-1),
+            (a1 * a2).sum(-1), (a3 * a3).sum(-1), r2_pair.index_select(0, pairs),
+        ],
+        dim=1,
+    )  # fmt: skip
+    w = width.index_select(0, pairs)
+    lo_p = lo.index_select(0, pairs)
     owner, rank = _expand(w[:, 0] * w[:, 1])
-    pair = pairs[owner]
-    n0 = torch.div(rank, w[owner, 1], rounding_mode="floor") + lo[pair, 0]
-    n1 = rank % w[owner, 1] + lo[pair, 1]
-    L = lattice_of_pair[pair]  # (C, 3, 3) rows a1, a2, a3
-    d = delta[pair]
-    coeff = torch.stack([d[:, 0] + n0.to(d.dtype), d[:, 1] + n1.to(d.dtype), d[:, 2]], dim=1)
-    c = torch.einsum("ck,ckd->cd", coeff, L)
-    a3 = L[:, 2]
-    A = (a3 * a3).sum(-1)
-    b = (c * a3).sum(-1)
-    cc = (c * c).sum(-1)
-    r2 = radius * radius
+    w1 = w[:, 1].index_select(0, owner)
+    n0 = torch.div(rank, w1, rounding_mode="floor") + lo_p[:, 0].index_select(0, owner)
+    n1 = rank % w1 + lo_p[:, 1].index_select(0, owner)
+    sc = scalars.index_select(0, owner)  # (C, 11)
+    f0, f1 = n0.to(torch.float64), n1.to(torch.float64)
+    b = sc[:, 0] + f0 * sc[:, 1] + f1 * sc[:, 2]  # c·a3
+    cc = sc[:, 3] + f0 * f0 * sc[:, 4] + f1 * f1 * sc[:, 5] + 2 * (f0 * sc[:, 6] + f1 * sc[:, 7] + f0 * f1 * sc[:, 8])
+    A, r2 = sc[:, 9], sc[:, 10]
     disc = b * b - A * (cc - r2)
     root = torch.sqrt(disc.clamp(min=0))
     n2_lo = torch.ceil((-b - root) / A - 1e-9).long()
     n2_hi = torch.floor((-b + root) / A + 1e-9).long()
     counts = torch.where(disc >= 0, (n2_hi - n2_lo + 1).clamp(min=0), torch.zeros_like(n2_lo))
     col, k = _expand(counts)
-    n2 = n2_lo[col] + k
-    n2f = n2.to(d.dtype)
-    dist2 = cc[col] + 2.0 * n2f * b[col] + n2f * n2f * A[col]
-    n0c, n1c = n0[col], n1[col]
-    ok = dist2 < r2
-    ok &= ~same_atom[pair[col]] | (n0c != 0) | (n1c != 0) | (n2 != 0)
+    ints = torch.stack([owner, n0, n1, n2_lo], dim=1).index_select(0, col)  # (K, 4)
+    floats = torch.stack([b, cc, A, r2], dim=1).index_select(0, col)  # (K, 4)
+    n2 = ints[:, 3] + k
+    n2f = n2.to(torch.float64)
+    dist2 = floats[:, 1] + 2.0 * n2f * floats[:, 0] + n2f * n2f * floats[:, 2]
+    pair = pairs.index_select(0, ints[:, 0])
+    ok = dist2 < floats[:, 3]
+    ok &= ~same_atom.index_select(0, pair) | (ints[:, 1] != 0) | (ints[:, 2] != 0) | (n2 != 0)
     keep = ok.nonzero(as_tuple=True)[0]
-    col = col[keep]
-    return pair[col], torch.stack([n0c[keep], n1c[keep], n2[keep]], dim=1), dist2[keep]
+    n = torch.stack([ints[:, 1], ints[:, 2], n2], dim=1).index_select(0, keep)
+    return pair.index_select(0, keep), n, dist2.index_select(0, keep)
