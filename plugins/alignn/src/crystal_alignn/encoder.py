@@ -68,7 +68,7 @@ class ALIGNNEncoder(TrainableEncoder):
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     #: weights trained by us and shipped in the package (model cards in crystal_alignn/weights/)
-    weights: ClassVar[tuple[str, ...]] = ("alignn-perov5-heat-ref",)
+    weights: ClassVar[tuple[str, ...]] = ("alignn-perov5-heat-ref", "alignn-carbon24-energy")
     #: the derived element features cover Z = 1-100
     max_atomic_number: ClassVar[int] = 100
 
