@@ -225,3 +225,25 @@ def test_predict_with_named_weights_records_them(tmp_path: Path, small_csv: Path
     assert plugin["checkpoint_sha256"] == plugin["weights"][0]["sha256"]
     r = crystal_cli("predict", str(small_csv), "-e", "cgcnn", "--weights", "cgcnn-perov5-heat", "--run-dir", str(tmp_path / "x"))
     assert r.returncode == 2 and "did you mean 'cgcnn-perov5-heat-ref'" in r.stderr
+
+
+def test_megnet_trains_with_a_temperature_state_input(tmp_path: Path, small_csv: Path) -> None:
+    """`data.inputs` puts per-structure columns into the batch for MEGNet's global state."""
+    rows = _read(small_csv)[:16]
+    for k, row in enumerate(rows):
+        row["temperature"] = "" if k == 3 else str(0.3 + 0.1 * k)  # one row lacks it
+    data = tmp_path / "with_t.csv"
+    with data.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "run"
+    r = crystal_cli("train", "-e", "megnet", "--train", str(data), "-t", "heat_ref", "--epochs", "1",
+                    "--batch-size", "4", "-c", "state_inputs=['temperature']",
+                    "--set", "data.inputs=['temperature']", "-o", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    (failure,) = _read(out / "failures.csv")
+    assert failure["id"] == rows[3]["material_id"] and "input 'temperature'" in failure["reason"]
+    r = crystal_cli("train", "-e", "megnet", "--train", str(data), "-t", "heat_ref", "--epochs", "1",
+                    "-c", "state_inputs=['temperature']", "-o", str(tmp_path / "no-input"), "--quiet")
+    assert r.returncode != 0 and "temperature" in r.stderr  # declared state input, no data for it

@@ -64,7 +64,12 @@ class DataConfig(_Strict):
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of train held out for testing (no test)")
     split_seed: int = Field(0, ge=0, description="seed of the random train/val/test split")
     columns: dict[str, str] = Field(
-        default_factory=dict, description="target name -> column / info key in the data, when they differ"
+        default_factory=dict, description="target or input name -> column / info key in the data, when they differ"
+    )
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="per-structure numeric columns the model reads as inputs (e.g. MEGNet's state_inputs such as "
+        "temperature); a row missing one is skipped and reported",
     )
     limit: int | None = Field(None, ge=1, description="read at most this many structures per data set (for trials)")
     on_error: Literal["skip", "raise"] = Field(

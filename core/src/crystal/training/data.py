@@ -238,19 +238,26 @@ def read_labelled(
     targets: Sequence[TargetSpec],
     *,
     columns: Mapping[str, str] | None = None,
+    inputs: Sequence[str] = (),
     limit: int | None = None,
     on_error: str = "skip",
 ) -> LabelledData:
     """Read structures and the values of ``targets`` (see the module docstring).
 
-    ``columns`` maps a target name to its column / key when they differ. With
+    ``columns`` maps a target name to its column / key when they differ. ``inputs`` names
+    per-structure numeric columns that the model reads as inputs (e.g. MEGNet's
+    ``temperature`` state); they go into ``batch.crystal_properties`` like the targets. With
     ``on_error="raise"`` the first unusable row raises :class:`StructureError`.
     """
+    input_specs = [TargetSpec(name=name, normalize=False) for name in inputs]
+    clash = sorted(set(inputs) & {t.name for t in targets})
+    if clash:
+        raise ConfigError(f"{', '.join(clash)} cannot be both a target and an input")
     columns = dict(columns or {})
     ids: list[str] = []
     structures: list[Any] = []
     sources: list[str] = []
-    values: dict[str, list[np.ndarray]] = {t.name: [] for t in targets}
+    values: dict[str, list[np.ndarray]] = {t.name: [] for t in [*targets, *input_specs]}
     failures: list[Failure] = []
     warned_alias: set[str] = set()
     for ident, structure, error, labels, atom_labels, source in _rows(paths):
@@ -263,7 +270,8 @@ def read_labelled(
             continue
         row_values: dict[str, np.ndarray] = {}
         problem = None
-        for spec in targets:
+        for spec in [*targets, *input_specs]:
+            kind = "input" if spec in input_specs else "target"
             key = columns.get(spec.name, spec.name)
             table = atom_labels if spec.level == "atom" else labels
             if key not in table and spec.name not in columns and len(targets) == 1 and list(table) == ["target"]:
@@ -271,11 +279,11 @@ def read_labelled(
                 warned_alias.add(f"{spec.name} <- target")
             if key not in table:
                 known = ", ".join(sorted(table)) or "none"
-                problem = f"field {key!r} (target {spec.name!r}) is missing (fields: {known})"
+                problem = f"field {key!r} ({kind} {spec.name!r}) is missing (fields: {known})"
                 break
             arr, err = _value(table[key], spec, len(structure))
             if err is not None:
-                problem = f"field {key!r} (target {spec.name!r}): {err}"
+                problem = f"field {key!r} ({kind} {spec.name!r}): {err}"
                 break
             assert arr is not None
             row_values[spec.name] = arr
@@ -293,7 +301,7 @@ def read_labelled(
     batch = CrystalBatch.from_structures(structures, ids) if structures else CrystalBatch.empty()
     for info, src in zip(batch.info, sources, strict=True):
         info["source"] = src
-    for spec in targets:
+    for spec in [*targets, *input_specs]:
         if spec.level == "atom":
             arr = np.concatenate(values[spec.name]) if values[spec.name] else np.zeros((0, spec.dim))
             batch.atom_properties[spec.name] = _tensor(arr, spec)

@@ -636,7 +636,14 @@ def train(config: TrainConfig | Mapping[str, Any], *, resume: bool = False, quie
     def load(paths: list[str] | None, name: str) -> LabelledData | None:
         if not paths:
             return None
-        data = read_labelled(paths, specs, columns=cfg.data.columns, limit=cfg.data.limit, on_error=cfg.data.on_error)
+        data = read_labelled(
+            paths,
+            specs,
+            columns=cfg.data.columns,
+            inputs=cfg.data.inputs,
+            limit=cfg.data.limit,
+            on_error=cfg.data.on_error,
+        )
         data = _element_failures(encoder, data, name)
         if cfg.data.on_error == "raise" and len(data.failures):
             f = data.failures[0]
