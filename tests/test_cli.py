@@ -240,3 +240,10 @@ def test_predict_shortcut_with_published_cgcnn_checkpoint(tmp_path, shared_data)
     r = crystal_cli("predict", str(cg / "sample-regression" / "*.cif"), "-e", "cgcnn", "-c", "bogus=1",
                     "--run-dir", str(tmp_path / "bad"))
     assert r.returncode == 2 and "bogus" in r.stderr
+
+
+def test_plugins_info_config_lists_fields_with_units():
+    r = crystal_cli("plugins", "info", "schnet", "--config")
+    assert r.returncode == 0, r.stderr
+    assert "config:" in r.stdout and "cutoff = 5.0" in r.stdout and "Å" in r.stdout
+    assert "schnet-perov5-heat-ref" in r.stdout

@@ -109,8 +109,11 @@ def plugins_list(
 def plugins_info(
     name: Annotated[str, typer.Argument(help="Component name.")],
     kind: Annotated[str | None, typer.Option(help="Kind, when the name exists for several kinds.")] = None,
+    config: Annotated[
+        bool, typer.Option("--config", help="Also list the config fields (imports the plugin).")
+    ] = False,
 ) -> None:
-    """Show one component's manifest, entry point and weights (no import)."""
+    """Show one component's manifest, entry point and weights (no import unless --config)."""
     from crystal.plugins import list_plugins
     from crystal.weights import list_weights
 
@@ -146,6 +149,20 @@ def plugins_info(
                         typer.echo("      metrics: " + ", ".join(f"{k}={v}" for k, v in e.metrics.items()))
         if i.manifest_error:
             typer.echo(f"  problem:      {i.manifest_error}")
+        if config:
+            _echo_config_fields(i.kind, i.name)
+
+
+def _echo_config_fields(kind: str, name: str) -> None:
+    """``name = default  (type): description`` for every field of the component's Config."""
+    from crystal.plugins import load_class
+
+    cls = load_class(kind, name)
+    typer.echo("  config:")
+    for field, info in cls.Config.model_fields.items():
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        typer.echo(f"    {field} = {default}  ({annotation})" + (f": {info.description}" if info.description else ""))
 
 
 @plugins_app.command("check")
