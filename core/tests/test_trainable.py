@@ -31,7 +31,10 @@ class MeanEmbedding(nn.Module):
 
     def forward(self, batch: CrystalBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         h = self.embed(batch.atomic_numbers)
-        pooled = torch.zeros(len(batch), h.shape[1], device=h.device).index_add_(0, batch.batch, h) / batch.num_atoms[:, None]
+        pooled = (
+            torch.zeros(len(batch), h.shape[1], device=h.device).index_add_(0, batch.batch, h)
+            / batch.num_atoms[:, None]
+        )
         s = self.structure_head(pooled) if self.structure_head is not None else None
         a = self.atom_head(h) if self.atom_head is not None else None
         return s, a
@@ -144,3 +147,26 @@ def test_untrained_model_warns_once_and_loaded_one_does_not(tmp_path) -> None:
         enc.predict(_batch())  # once per instance
         enc.save(tmp_path / "m.pt")
         MeanEmbeddingEncoder(checkpoint=tmp_path / "m.pt").predict(_batch())
+
+
+def test_extensive_targets_scale_with_the_number_of_atoms() -> None:
+    """``extensive=True``: per-atom normalisation, predictions times N (exact supercell scaling)."""
+    from crystal.testing import supercell
+
+    enc = MeanEmbeddingEncoder(targets=[{"name": "E", "unit": "eV", "extensive": True}, {"name": "g"}])
+    batch = _batch()
+    energies = torch.tensor([-10.0, -12.0, -10.0], dtype=torch.float64)
+    enc.target_set.fit_normalizer({"E": energies, "g": torch.tensor([1.0, 2.0, 3.0])}, batch.num_atoms)
+    mean, _ = enc.target_set.stats("E")
+    assert float(mean) == pytest.approx(float((energies / 2).mean()))  # statistics of E/N
+    big = supercell(batch, (2, 1, 1))
+    a, b = enc.predict(batch), enc.predict(big)
+    torch.testing.assert_close(b["E"], 2 * a["E"])
+    torch.testing.assert_close(b["g"], a["g"])  # intensive: unchanged
+    raw = enc.net(batch)
+    _, parts = enc.target_set.loss(raw, {"E": a["E"].double(), "g": a["g"].double()}, batch.num_atoms)
+    assert float(parts["E"]) < 1e-10  # its own predictions have zero loss
+    with pytest.raises(ValueError, match="num_atoms is needed"):
+        enc.target_set.denormalize(raw)
+    with pytest.raises(ValueError, match="structure-level regression"):
+        TargetSpec(name="x", level="atom", extensive=True)

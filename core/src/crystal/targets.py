@@ -44,6 +44,12 @@ class TargetSpec(BaseModel):
     )
     weight: float = Field(1.0, gt=0, description="weight of this target's loss in the total loss")
     normalize: bool = Field(True, description="regression: standardise with the training set's mean and std")
+    extensive: bool = Field(
+        False,
+        description="structure-level regression whose value scales with the number of atoms N (e.g. total "
+        "energy, eV): the network predicts the per-atom value y/N (standardised over the training set) and "
+        "predictions are multiplied by N, so supercells scale exactly",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
@@ -59,6 +65,8 @@ class TargetSpec(BaseModel):
                 raise ValueError("num_classes is only for classification targets")
             if self.loss == "cross_entropy":
                 raise ValueError("cross_entropy is only for classification targets")
+        if self.extensive and (self.task != "regression" or self.level != "structure"):
+            raise ValueError("extensive applies to structure-level regression targets only")
         return self
 
     @property
@@ -121,12 +129,13 @@ class TargetSet(nn.Module):
     def stats(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"mean_{name}"), getattr(self, f"std_{name}")
 
-    def fit_normalizer(self, values: Mapping[str, torch.Tensor]) -> None:
-        """Set mean/std of every normalised regression target from training values ``(M, dim)``."""
+    def fit_normalizer(self, values: Mapping[str, torch.Tensor], num_atoms: torch.Tensor | None = None) -> None:
+        """Set mean/std of every normalised regression target from training values ``(M, dim)``
+        (of ``y/N`` for extensive targets, which need ``num_atoms`` (M,))."""
         for s in self.specs:
             if s.task != "regression" or not s.normalize:
                 continue
-            v = values[s.name].reshape(-1, s.dim).to(torch.float64)
+            v = self._per_atom(s, values[s.name].reshape(-1, s.dim).to(torch.float64), num_atoms)
             mean = v.mean(0)
             std = v.std(0, unbiased=False) if v.shape[0] > 1 else torch.ones_like(mean)
             std = torch.where(std > 1e-12, std, torch.ones_like(std))
@@ -134,22 +143,38 @@ class TargetSet(nn.Module):
             m.copy_(mean.to(m.dtype))
             sd.copy_(std.to(sd.dtype))
 
-    def normalize(self, name: str, y: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _per_atom(s: TargetSpec, y: torch.Tensor, num_atoms: torch.Tensor | None) -> torch.Tensor:
+        if not s.extensive:
+            return y
+        if num_atoms is None:
+            raise ValueError(f"target {s.name!r} is extensive: num_atoms is needed")
+        return y / num_atoms.to(y.dtype)[:, None]
+
+    def normalize(self, name: str, y: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw-output scale of values ``y`` (standardised; per atom for extensive targets)."""
         s = self[name]
         if s.task != "regression":
             return y
         m, sd = self.stats(name)
-        return (y.reshape(-1, s.dim) - m) / sd
+        return (self._per_atom(s, y.reshape(-1, s.dim), num_atoms) - m) / sd
 
-    def denormalize(self, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Values in the target's unit: regression ``(·,)`` or ``(·, dim)``; classification
-        probabilities ``(·,)`` of class 1 when binary, else ``(·, C)``."""
+    def denormalize(
+        self, raw: Mapping[str, torch.Tensor], num_atoms: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Values in the target's unit: regression ``(·,)`` or ``(·, dim)`` (times ``N`` for
+        extensive targets, which need ``num_atoms`` (B,)); classification probabilities ``(·,)``
+        of class 1 when binary, else ``(·, C)``."""
         out: dict[str, torch.Tensor] = {}
         for s in self.specs:
             r = raw[s.name]
             if s.task == "regression":
                 m, sd = self.stats(s.name)
                 v = r * sd.to(r.dtype) + m.to(r.dtype)
+                if s.extensive:
+                    if num_atoms is None:
+                        raise ValueError(f"target {s.name!r} is extensive: num_atoms is needed")
+                    v = v * num_atoms.to(v.dtype)[:, None]
                 out[s.name] = v[:, 0] if s.dim == 1 else v
             else:
                 p = torch.softmax(r, dim=-1)
@@ -158,9 +183,13 @@ class TargetSet(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def loss(
-        self, raw: Mapping[str, torch.Tensor], truth: Mapping[str, torch.Tensor]
+        self,
+        raw: Mapping[str, torch.Tensor],
+        truth: Mapping[str, torch.Tensor],
+        num_atoms: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted total loss and the per-target losses (on normalised values / logits)."""
+        """Weighted total loss and the per-target losses (on normalised values / logits;
+        extensive targets need ``num_atoms`` (B,))."""
         import torch.nn.functional as F
 
         parts: dict[str, torch.Tensor] = {}
@@ -170,7 +199,7 @@ class TargetSet(nn.Module):
             if s.task == "classification":
                 part = F.cross_entropy(r, truth[s.name].reshape(-1).long())
             else:
-                y = self.normalize(s.name, truth[s.name].to(r.dtype))
+                y = self.normalize(s.name, truth[s.name].to(r.dtype), num_atoms)
                 if s.loss_name == "l1":
                     part = F.l1_loss(r, y)
                 elif s.loss_name == "huber":

@@ -247,7 +247,7 @@ class TrainableEncoder(Encoder):
         self.net.eval()
         with torch.no_grad():
             raw = self.net(batch)
-        return self.net.targets.denormalize(raw)
+        return self.net.targets.denormalize(raw, batch.num_atoms)
 
     # ------------------------------------------------------------------- saving
     def checkpoint(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:

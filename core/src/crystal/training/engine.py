@@ -119,7 +119,7 @@ def _make_task_class() -> type:
             targets: TargetSet = self.net.targets  # type: ignore[assignment]
             raw = self.net(batch)
             truth = _truth(batch, targets)
-            loss, parts = targets.loss(raw, truth)
+            loss, parts = targets.loss(raw, truth, batch.num_atoms)
             b = len(batch)
             self.log(f"{stage}_loss", loss, batch_size=b, on_step=False, on_epoch=True, sync_dist=True)
             if len(parts) > 1:
@@ -127,7 +127,7 @@ def _make_task_class() -> type:
                     self.log(f"{stage}_loss_{name}", part, batch_size=b, on_step=False, on_epoch=True, sync_dist=True)
             if stage != "train":
                 with torch.no_grad():
-                    values = targets.denormalize({k: v.detach() for k, v in raw.items()})
+                    values = targets.denormalize({k: v.detach() for k, v in raw.items()}, batch.num_atoms)
                     for s in targets.specs:
                         n = batch.num_nodes if s.level == "atom" else b
                         v, t = values[s.name], truth[s.name]
@@ -342,7 +342,8 @@ def fit(
         _truth(val, targets)
     if fit_normalizer:
         targets.fit_normalizer(
-            {s.name: _truth(train, targets)[s.name] for s in targets.specs if s.task == "regression"}
+            {s.name: _truth(train, targets)[s.name] for s in targets.specs if s.task == "regression"},
+            train.num_atoms,
         )
     if not quiet:
         for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
