@@ -247,3 +247,23 @@ def test_plugins_info_config_lists_fields_with_units():
     assert r.returncode == 0, r.stderr
     assert "config:" in r.stdout and "cutoff = 5.0" in r.stdout and "Å" in r.stdout
     assert "schnet-perov5-heat-ref" in r.stdout
+
+
+def test_md_command_writes_trajectory_and_energies(tmp_path):
+    from ase.build import bulk
+    from ase.io import read, write
+
+    write(tmp_path / "in.extxyz", [bulk("Si", "diamond", a=5.43), bulk("Cu", "fcc", a=3.6) * (2, 1, 1)])
+    out = tmp_path / "md"
+    r = crystal_cli("md", str(tmp_path / "in.extxyz"), "-p", "chgnet", "--steps", "10", "--timestep", "1",
+                    "--temperature", "300", "--log-every", "5", "--device", "cpu", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "NVE energy drift" in r.stdout
+    rows = list(csv.DictReader((out / "energies.csv").open()))
+    assert [row["step"] for row in rows] == ["5", "5", "10", "10"]
+    e = [float(row["total_energy_eV"]) for row in rows]
+    assert abs(e[2] - e[0]) < 1e-2 and abs(e[3] - e[1]) < 1e-2  # NVE: total energy conserved
+    frames = read(out / "trajectory.extxyz", index=":")
+    assert len(frames) == 4 and frames[0].info["step"] == 5
+    r = crystal_cli("md", str(tmp_path / "in.extxyz"), "--friction", "0.1", "-o", str(tmp_path / "bad"))
+    assert r.returncode == 2 and "friction" in r.stderr
