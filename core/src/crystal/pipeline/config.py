@@ -33,6 +33,7 @@ with the allowed values (:func:`load_pipeline_config`).
 
 from __future__ import annotations
 
+import copy
 import re
 import tomllib
 from pathlib import Path
@@ -42,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from crystal.device import DEVICE_PATTERN
 from crystal.errors import ConfigError
+from crystal.md import MDConfig
 
 __all__ = [
     "CharacterizeStep",
@@ -52,6 +54,7 @@ __all__ = [
     "FilesSource",
     "FilterStep",
     "GenerateSource",
+    "MDStep",
     "MetricsStep",
     "PipelineConfig",
     "PipelineMeta",
@@ -140,6 +143,71 @@ class RelaxStep(_Step):
     )
 
 
+def _error_message(err: Any) -> str:
+    """One pydantic error as text: a validator's own message, without pydantic's "Value error, "."""
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        msg = str(err["ctx"]["error"])
+    else:
+        msg = str(err["msg"])
+    return msg
+
+
+def _md_field(name: str) -> Any:
+    """The :class:`~crystal.md.MDConfig` field ``name`` (default, constraints, description)."""
+    return copy.copy(MDConfig.model_fields[name])
+
+
+class MDStep(_Step):
+    """Batched molecular dynamics at fixed cell (:func:`crystal.md.run_md`); the structures
+    become the final frames; adds energy, energy_per_atom, md_temperature_mean (and, for
+    NVE, md_energy_drift_per_atom).
+
+    The MD fields are :class:`~crystal.md.MDConfig`'s own (same names, defaults, limits
+    and units) and the combination is validated by it (e.g. ``friction`` needs
+    ``nvt-langevin``); ``seed`` is one integer, by default the pipeline's.
+    """
+
+    type: Literal["md"]
+    potential: str = Field(description="name of an installed potential plugin")
+    config: dict[str, Any] = Field(default_factory=dict, description="the potential's own config")
+    ensemble: Literal["nve", "nvt-langevin"] = _md_field("ensemble")
+    timestep: float = _md_field("timestep")
+    steps: int = _md_field("steps")
+    temperature: float = _md_field("temperature")
+    friction: float | None = _md_field("friction")
+    init_temperature: float | None = _md_field("init_temperature")
+    log_every: int = _md_field("log_every")
+    wrap: bool = _md_field("wrap")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="default: the pipeline seed; each crystal's MD seed is derived from it, the step id and "
+        "the crystal id (independent of chunking and order)",
+    )
+
+    @model_validator(mode="after")
+    def _check_md(self) -> MDStep:
+        try:
+            self.md_config([])  # MDConfig's own cross-field rules
+        except ValidationError as exc:
+            problems = [
+                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + _error_message(e) for e in exc.errors()
+            ]
+            raise ValueError("; ".join(problems)) from None
+        if self.log_every > self.steps:
+            raise ValueError(
+                f"log_every ({self.log_every}) is larger than steps ({self.steps}): no MD frame would be recorded"
+            )
+        return self
+
+    def md_config(self, seeds: list[int]) -> MDConfig:
+        """The :class:`~crystal.md.MDConfig` for a chunk whose crystals get ``seeds``."""
+        fields = self.model_dump(include=set(MDConfig.model_fields) - {"seed"})
+        return MDConfig(**fields, seed=seeds)
+
+
 class PredictStep(_Step):
     """Predict properties with an encoder; adds one column per target."""
 
@@ -199,10 +267,18 @@ class DeduplicateStep(_Step):
 
 
 Step = Annotated[
-    ValidateStep | RelaxStep | PredictStep | CharacterizeStep | MetricsStep | FilterStep | RankStep | DeduplicateStep,
+    ValidateStep
+    | RelaxStep
+    | MDStep
+    | PredictStep
+    | CharacterizeStep
+    | MetricsStep
+    | FilterStep
+    | RankStep
+    | DeduplicateStep,
     Field(discriminator="type"),
 ]
-MAP_STEPS = ("validate", "relax", "predict", "characterize", "metrics")
+MAP_STEPS = ("validate", "relax", "md", "predict", "characterize", "metrics")
 
 
 # ------------------------------------------------------------------------ sinks
@@ -273,8 +349,7 @@ def parse_pipeline_config(data: dict[str, Any], origin: str = "<pipeline>") -> P
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{origin}: {_describe_loc(tuple(err['loc']), data)}: {msg}")
+            lines.append(f"{origin}: {_describe_loc(tuple(err['loc']), data)}: {_error_message(err)}")
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -118,7 +118,7 @@ class Pipeline:
         if isinstance(src, GenerateSource):
             need.append(("source", "generator", src.generator, src.config))
         for step in self.config.steps:
-            if step.type == "relax":
+            if step.type in ("relax", "md"):
                 need.append((step.id, "potential", step.potential, step.config))
             elif step.type == "predict":
                 need.append((step.id, "encoder", step.encoder, step.config))
@@ -269,7 +269,7 @@ class Pipeline:
             # components: loaded once per run
             from crystal.plugins import list_plugins, load_class
 
-            ctx = StepContext(run_dir=run_dir, emit=emit)
+            ctx = StepContext(run_dir=run_dir, emit=emit, seed=meta.seed)
             plugins_used = []
             dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
 

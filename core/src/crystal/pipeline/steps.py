@@ -7,6 +7,7 @@ columns in ``crystal_properties``), failures and deliberate drops.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from crystal.pipeline.config import (
     CharacterizeStep,
     DeduplicateStep,
     FilterStep,
+    MDStep,
     MetricsStep,
     PredictStep,
     RankStep,
@@ -31,17 +33,19 @@ from crystal.pipeline.config import (
 )
 from crystal.pipeline.state import Dropped, StageOutput
 
-__all__ = ["StepContext", "run_global_step", "run_map_step"]
+__all__ = ["StepContext", "md_seed", "run_global_step", "run_map_step"]
 
 
 @dataclass
 class StepContext:
-    """What steps may use: loaded components by step id, the run directory, an emitter."""
+    """What steps may use: loaded components by step id, the run directory, an emitter,
+    the pipeline seed."""
 
     run_dir: Path
     components: dict[str, tuple[Component, ...]] = field(default_factory=dict)
     emit: Callable[..., None] = lambda *a, **k: None
     chunk_index: int = 0
+    seed: int = 0
     _metrics: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, Any]:
@@ -101,6 +105,65 @@ def _relax(step: RelaxStep, batch: CrystalBatch, ctx: StepContext) -> StageOutpu
     return StageOutput(out)
 
 
+def md_seed(seed: int, step_id: str, crystal_id: str) -> int:
+    """The MD seed of one crystal in an ``md`` step: a hash of (seed, step id, crystal id),
+    so a crystal's trajectory depends neither on its chunk, nor on its position, nor on the
+    bisection that isolates failures."""
+    digest = hashlib.sha256(f"{seed}/{step_id}/{crystal_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _md(step: MDStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
+    from ase.data import atomic_masses
+    from ase.units import fs as ase_fs
+
+    from crystal.md import MDState, maxwell_boltzmann_velocities, run_md
+
+    (potential,) = ctx.components[step.id]
+    assert isinstance(potential, Potential)
+    potential.check_elements(batch)
+    seed = ctx.seed if step.seed is None else step.seed
+    cfg = step.md_config([md_seed(seed, step.id, i) for i in batch.ids])
+    work = batch.to(potential.device)
+    n_atoms = work.num_atoms.to(work.dtype)
+
+    velocities: torch.Tensor | None = None
+    total0: torch.Tensor | None = None
+    if cfg.ensemble == "nve":
+        # the drift is measured from step 0: draw the start velocities here (exactly the
+        # ones run_md would draw) and evaluate the initial energy once
+        t0 = cfg.temperature if cfg.init_temperature is None else cfg.init_temperature
+        velocities = maxwell_boltzmann_velocities(work, t0, cfg.seed)
+        masses = torch.as_tensor(atomic_masses, dtype=work.dtype, device=work.device)[work.atomic_numbers]
+        v = velocities / ase_fs  # Å per ASE time unit
+        kinetic = torch.zeros(len(work), dtype=work.dtype, device=work.device).index_add_(
+            0, work.batch, 0.5 * masses * (v * v).sum(dim=1)
+        )
+        total0 = potential.compute(work, forces=False, stress=False).energy.to(work.dtype) + kinetic
+
+    every = max(1, step.steps // 10)
+    last = [0]
+
+    def progress(state: MDState) -> None:
+        if state.step // every > last[0] // every:
+            last[0] = state.step
+            ctx.emit(
+                "progress",
+                step.id,
+                f"MD step {state.step}/{step.steps}: mean T {state.temperature.mean().item():.0f} K",
+            )
+
+    res = run_md(potential, work, cfg, velocities=velocities, callback=progress)
+    out = res.batch.to(batch.device)
+    energy = out.crystal_properties["energy"]
+    out.crystal_properties["energy_per_atom"] = energy / out.num_atoms.to(energy.dtype)
+    out.crystal_properties["md_temperature_mean"] = res.temperature.mean(dim=0).to(out.device, energy.dtype)
+    if total0 is not None:
+        drift = (res.total_energy[-1] - total0) / n_atoms
+        out.crystal_properties["md_energy_drift_per_atom"] = drift.to(out.device, energy.dtype)
+    return StageOutput(out)
+
+
 def _predict(step: PredictStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
     (encoder,) = ctx.components[step.id]
     assert isinstance(encoder, Encoder)
@@ -153,6 +216,7 @@ def _metrics(step: MetricsStep, batch: CrystalBatch, ctx: StepContext) -> StageO
 _MAP: dict[str, Callable[[Any, CrystalBatch, StepContext], StageOutput]] = {
     "validate": _validate,
     "relax": _relax,
+    "md": _md,
     "predict": _predict,
     "characterize": _characterize,
     "metrics": _metrics,
