@@ -122,3 +122,24 @@ def test_kind_parse():
     assert Kind.POTENTIAL.group == "crystal.potentials"
     with pytest.raises(ConfigError, match="allowed"):
         Kind.parse("model")
+
+
+def test_potential_check_geometry_names_the_crystals():
+    import pytest
+    from ase.build import bulk
+
+    from crystal import CrystalBatch
+    from crystal.errors import StructureError
+    from crystal.testing import LennardJones
+
+    pot = LennardJones(device="cpu")
+    batch = CrystalBatch.from_atoms([bulk("Ar", "fcc", a=5.3), bulk("Ar", "fcc", a=5.3)])
+    pot.check_geometry(batch)
+    batch.ids[1] = "bad-one"
+    batch.frac_coords[1, 0] = float("nan")
+    with pytest.raises(StructureError, match=r"crystal\(s\) 'bad-one' have NaN or inf coordinates"):
+        pot.check_geometry(batch)
+    from crystal import PotentialOutput
+
+    empty = PotentialOutput.empty(CrystalBatch.empty(), forces=True, stress=False)
+    assert empty.energy.shape == (0,) and empty.forces.shape == (0, 3) and empty.stress is None

@@ -298,6 +298,16 @@ class PotentialOutput:
     forces: torch.Tensor | None = None
     stress: torch.Tensor | None = None
 
+    @classmethod
+    def empty(cls, batch: CrystalBatch, *, forces: bool = True, stress: bool = True) -> PotentialOutput:
+        """The output for a batch of no crystals (requested fields as empty tensors)."""
+        dtype, device = batch.dtype, batch.device
+        return cls(
+            energy=torch.zeros(0, dtype=dtype, device=device),
+            forces=torch.zeros((0, 3), dtype=dtype, device=device) if forces else None,
+            stress=torch.zeros((0, 3, 3), dtype=dtype, device=device) if stress else None,
+        )
+
 
 class Potential(Component):
     """An interatomic potential: energy, forces and stress of whole batches."""
@@ -327,6 +337,33 @@ class Potential(Component):
         out = self.compute(batch, forces=False, stress=True)
         assert out.stress is not None
         return out.stress
+
+    def check_geometry(self, batch: CrystalBatch) -> None:
+        """Raise :class:`~crystal.errors.StructureError` naming the crystals (by id) that have
+        no atoms, NaN/inf coordinates or lattices, or a zero-volume cell."""
+        from crystal.errors import StructureError
+
+        def ids(index: list[int], limit: int = 5) -> str:
+            more = f" and {len(index) - limit} more" if len(index) > limit else ""
+            return ", ".join(repr(batch.ids[i]) for i in index[:limit]) + more
+
+        problems = [
+            (torch.nonzero(batch.num_atoms == 0).flatten().tolist(), "have no atoms"),
+            (
+                torch.unique(batch.batch[~torch.isfinite(batch.frac_coords).all(dim=1)]).tolist(),
+                "have NaN or inf coordinates",
+            ),
+            (
+                torch.nonzero(~torch.isfinite(batch.lattices).flatten(1).all(dim=1)).flatten().tolist(),
+                "have NaN or inf lattices",
+            ),
+        ]
+        for index, what in problems:
+            if index:
+                raise StructureError(f"{self.name}: crystal(s) {ids(index)} {what}")
+        degenerate = torch.nonzero(batch.volumes < 1e-6).flatten().tolist()
+        if degenerate:
+            raise StructureError(f"{self.name}: crystal(s) {ids(degenerate)} have a degenerate (zero-volume) cell")
 
     def check_elements(self, batch: CrystalBatch) -> None:
         """Raise :class:`~crystal.errors.StructureError` naming elements outside :attr:`elements`."""

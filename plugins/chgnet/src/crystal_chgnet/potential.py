@@ -142,13 +142,9 @@ class CHGNetPotential(Potential):
         dtype, out_device = batch.dtype, batch.device
         B = len(batch)
         if B == 0:
-            return PotentialOutput(
-                energy=torch.zeros(0, dtype=dtype, device=out_device),
-                forces=torch.zeros((0, 3), dtype=dtype, device=out_device) if forces else None,
-                stress=torch.zeros((0, 3, 3), dtype=dtype, device=out_device) if stress else None,
-            )
+            return PotentialOutput.empty(batch, forces=forces, stress=stress)
         self.check_elements(batch)
-        self._check_geometry(batch)
+        self.check_geometry(batch)
         graphs = self.graphs(batch)
         energies: list[torch.Tensor] = []
         force_parts: list[torch.Tensor] = []
@@ -209,23 +205,6 @@ class CHGNetPotential(Potential):
         return graphs
 
     # ------------------------------------------------------------------ internals
-    def _check_geometry(self, batch: CrystalBatch) -> None:
-        empty = torch.nonzero(batch.num_atoms == 0).flatten().tolist()
-        if empty:
-            raise StructureError(f"chgnet: crystal(s) {_ids(batch, empty)} have no atoms")
-        bad_atoms = ~torch.isfinite(batch.frac_coords).all(dim=1)
-        if bad_atoms.any():
-            crystals = torch.unique(batch.batch[bad_atoms]).tolist()
-            raise StructureError(f"chgnet: crystal(s) {_ids(batch, crystals)} have NaN or inf coordinates")
-        bad_lat = ~torch.isfinite(batch.lattices).flatten(1).all(dim=1)
-        if bad_lat.any():
-            raise StructureError(
-                f"chgnet: crystal(s) {_ids(batch, torch.nonzero(bad_lat).flatten().tolist())} have NaN or inf lattices"
-            )
-        degenerate = torch.nonzero(batch.volumes < 1e-6).flatten().tolist()
-        if degenerate:
-            raise StructureError(f"chgnet: crystal(s) {_ids(batch, degenerate)} have a degenerate (zero-volume) cell")
-
     def _forward(
         self, graphs: list[CrystalGraph], *, forces: bool, stress: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -259,9 +238,3 @@ class CHGNetPotential(Potential):
         f = -torch.cat(grads[: len(graphs)]) if forces else None
         g = torch.stack(grads[-len(graphs) :]) if stress else None
         return energy, f, g
-
-
-def _ids(batch: CrystalBatch, index: list[int], limit: int = 5) -> str:
-    names = [repr(batch.ids[i]) for i in index[:limit]]
-    more = f" and {len(index) - limit} more" if len(index) > limit else ""
-    return ", ".join(names) + more

@@ -44,7 +44,7 @@ from pydantic import Field
 
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig, Potential, PotentialOutput
-from crystal.errors import StructureError, WeightsError
+from crystal.errors import WeightsError
 from crystal.neighbors import radius_graph
 from crystal.weights import load_state_dict
 
@@ -202,13 +202,9 @@ class SevenNetPotential(Potential):
         dtype, out_device = batch.dtype, batch.device
         B = len(batch)
         if B == 0:
-            return PotentialOutput(
-                energy=torch.zeros(0, dtype=dtype, device=out_device),
-                forces=torch.zeros((0, 3), dtype=dtype, device=out_device) if forces else None,
-                stress=torch.zeros((0, 3, 3), dtype=dtype, device=out_device) if stress else None,
-            )
+            return PotentialOutput.empty(batch, forces=forces, stress=stress)
         self.check_elements(batch)
-        self._check_geometry(batch)
+        self.check_geometry(batch)
         work = batch if batch.device == self.device else batch.to(self.device)
         energies: list[torch.Tensor] = []
         force_parts: list[torch.Tensor] = []
@@ -231,24 +227,6 @@ class SevenNetPotential(Potential):
         return out
 
     # ------------------------------------------------------------------ internals
-    def _check_geometry(self, batch: CrystalBatch) -> None:
-        empty = torch.nonzero(batch.num_atoms == 0).flatten().tolist()
-        if empty:
-            raise StructureError(f"sevennet: crystal(s) {_ids(batch, empty)} have no atoms")
-        bad_atoms = ~torch.isfinite(batch.frac_coords).all(dim=1)
-        if bad_atoms.any():
-            crystals = torch.unique(batch.batch[bad_atoms]).tolist()
-            raise StructureError(f"sevennet: crystal(s) {_ids(batch, crystals)} have NaN or inf coordinates")
-        bad_lat = ~torch.isfinite(batch.lattices).flatten(1).all(dim=1)
-        if bad_lat.any():
-            raise StructureError(
-                f"sevennet: crystal(s) {_ids(batch, torch.nonzero(bad_lat).flatten().tolist())} "
-                "have NaN or inf lattices"
-            )
-        degenerate = torch.nonzero(batch.volumes.abs() < 1e-6).flatten().tolist()
-        if degenerate:
-            raise StructureError(f"sevennet: crystal(s) {_ids(batch, degenerate)} have a degenerate (zero-volume) cell")
-
     def _forward(
         self, batch: CrystalBatch, *, forces: bool, stress: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -296,9 +274,3 @@ class SevenNetPotential(Potential):
         f = -grads[0] if forces else None
         g = grads[-1] if stress else None
         return energy, f, g
-
-
-def _ids(batch: CrystalBatch, index: list[int], limit: int = 5) -> str:
-    names = [repr(batch.ids[i]) for i in index[:limit]]
-    more = f" and {len(index) - limit} more" if len(index) > limit else ""
-    return ", ".join(names) + more
