@@ -23,17 +23,22 @@ from crystal.training.config import (
 )
 from crystal.training.data import LabelledData, read_labelled, split_indices
 from crystal.training.engine import EncoderTask, TrainResult, evaluate, fit, train
+from crystal.training.loop import FitConfig, FitResult, TensorData, fit_model
 
 __all__ = [
     "DataConfig",
     "EncoderTask",
+    "FitConfig",
+    "FitResult",
     "LabelledData",
     "OptimConfig",
     "TrainConfig",
     "TrainResult",
+    "TensorData",
     "TrainerConfig",
     "evaluate",
     "fit",
+    "fit_model",
     "load_train_config",
     "parse_train_config",
     "read_labelled",
