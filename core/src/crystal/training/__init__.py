@@ -24,6 +24,14 @@ from crystal.training.config import (
 from crystal.training.data import LabelledData, read_labelled, split_indices
 from crystal.training.engine import EncoderTask, TrainResult, evaluate, fit, train
 from crystal.training.loop import FitConfig, FitResult, TensorData, fit_model
+from crystal.training.potential import (
+    LossWeights,
+    PotentialDataConfig,
+    PotentialTrainConfig,
+    PotentialTrainResult,
+    parse_potential_config,
+    train_potential,
+)
 
 __all__ = [
     "DataConfig",
@@ -31,7 +39,11 @@ __all__ = [
     "FitConfig",
     "FitResult",
     "LabelledData",
+    "LossWeights",
     "OptimConfig",
+    "PotentialDataConfig",
+    "PotentialTrainConfig",
+    "PotentialTrainResult",
     "TensorData",
     "TrainConfig",
     "TrainResult",
@@ -40,8 +52,10 @@ __all__ = [
     "fit",
     "fit_model",
     "load_train_config",
+    "parse_potential_config",
     "parse_train_config",
     "read_labelled",
     "split_indices",
     "train",
+    "train_potential",
 ]

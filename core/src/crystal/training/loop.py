@@ -66,8 +66,11 @@ class FitConfig(BaseModel):
     plateau_patience: int = Field(10, ge=1, description="plateau: epochs without improvement before the lr drops")
     gradient_clip: float | None = Field(None, gt=0, description="clip the global gradient norm to this value")
     ema_decay: float | None = Field(
-        None, gt=0, lt=1, description="exponential moving average of the weights with this decay per step; "
-        "validation and the returned model use the averaged weights"
+        None,
+        gt=0,
+        lt=1,
+        description="exponential moving average of the weights with this decay per step; "
+        "validation and the returned model use the averaged weights",
     )
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement of `monitor`")
     monitor: str = Field("val_loss", min_length=1, description="metric selecting the best epoch (minimised)")
@@ -241,7 +244,7 @@ def _make_task(net: torch.nn.Module, cfg: FitConfig, splits: dict[str, _Selectab
         # ------------------------------------------------------------- optimiser
         def configure_optimizers(self) -> Any:
             params = [p for p in self.net.parameters() if p.requires_grad]
-            kw = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "amsgrad": cfg.amsgrad}
+            kw: dict[str, Any] = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "amsgrad": cfg.amsgrad}
             opt = torch.optim.AdamW(params, **kw) if cfg.optimizer == "adamw" else torch.optim.Adam(params, **kw)
             total = max(int(self.trainer.estimated_stepping_batches), 1)
             per_epoch = max(total // max(cfg.max_epochs, 1), 1)
@@ -371,9 +374,12 @@ def fit_model(
     )
     from torch.utils.data import DataLoader
 
-    loaders = {
+    loaders: dict[str, DataLoader[Any]] = {
         split: DataLoader(
-            list(range(len(data))), batch_size=cfg.batch_size, shuffle=split == "train", collate_fn=_Collate(split)
+            list(range(len(data))),  # type: ignore[arg-type]
+            batch_size=cfg.batch_size,
+            shuffle=split == "train",
+            collate_fn=_Collate(split),
         )
         for split, data in splits.items()
     }
