@@ -659,6 +659,59 @@ def train_cmd(
         typer.echo(f"run directory: {result.output}")
 
 
+@app.command("train-potential")
+def train_potential_cmd(
+    config_file: Annotated[Path | None, typer.Argument(help="Potential-training TOML file (docs/training.md).")] = None,
+    potential: Annotated[str | None, typer.Option("--potential", "-p", help="Trainable potential plugin.")] = None,
+    train_data: Annotated[list[str] | None, typer.Option("--train", help="Training data (repeatable).")] = None,
+    val_data: Annotated[list[str] | None, typer.Option("--val", help="Validation data.")] = None,
+    test_data: Annotated[list[str] | None, typer.Option("--test", help="Test data.")] = None,
+    init: Annotated[str | None, typer.Option("--init", help="Fine-tune from named weights or a checkpoint.")] = None,
+    model: Annotated[list[str] | None, typer.Option("--config", "-c", help="Model config KEY=VALUE.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Override SECTION.FIELD=VALUE (repeatable).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="fit.max_epochs")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train (or fine-tune) an interatomic potential on energies, forces and stress."""
+    from crystal.training.config import apply_train_overrides
+    from crystal.training.potential import load_potential_config, parse_potential_config, train_potential
+
+    options = list(sets or []) + ([f"fit.max_epochs={epochs}"] if epochs is not None else [])
+    extra: dict[str, Any] = {}
+    if potential:
+        extra["potential"] = potential
+    if init:
+        extra["init"] = str(Path(init).resolve()) if Path(init).exists() else init
+    if output:
+        extra["output"] = str(Path(output).resolve())
+    data_extra = {
+        k: [str(Path(p).resolve()) for p in v]
+        for k, v in (("train", train_data), ("val", val_data), ("test", test_data))
+        if v
+    }
+    if config_file is not None:
+        raw = load_potential_config(config_file, options).model_dump(mode="json", exclude_unset=True)
+        origin = str(config_file)
+    else:
+        missing = [o for o, v in (("--potential", potential), ("--train", train_data)) if not v]
+        if missing:
+            raise ConfigError(f"crystal train-potential: give a training TOML file or {', '.join(missing)}")
+        raw = apply_train_overrides({"output": str(Path("runs") / f"train-{potential}")}, options)
+        origin = "crystal train-potential"
+    raw.update(extra)
+    if data_extra:
+        raw["data"] = {**raw.get("data", {}), **data_extra}
+    if model:
+        raw["model"] = {**raw.get("model", {}), **_component_config(model)}
+    result = train_potential(parse_potential_config(raw, origin), quiet=quiet)
+    if not quiet:
+        for split, metrics in result.metrics.items():
+            typer.echo(f"{split}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        typer.echo(f"model: {result.checkpoint} (sha256 {result.sha256})")
+        typer.echo(f"run directory: {result.output}")
+
+
 # --------------------------------------------------------------------------- entry
 def _register_plugin_commands() -> None:
     from crystal.hooks import call_isolated

@@ -44,7 +44,15 @@ from crystal.trainable_potential import TrainablePotential, fit_reference_energi
 from crystal.training.data import read_labelled, split_indices
 from crystal.training.loop import FitConfig, fit_model
 
-__all__ = ["LossWeights", "PotentialDataConfig", "PotentialTrainConfig", "PotentialTrainResult", "train_potential"]
+__all__ = [
+    "LossWeights",
+    "PotentialDataConfig",
+    "PotentialTrainConfig",
+    "PotentialTrainResult",
+    "load_potential_config",
+    "parse_potential_config",
+    "train_potential",
+]
 
 
 class _Strict(BaseModel):
@@ -148,6 +156,39 @@ def parse_potential_config(data: dict[str, Any], origin: str = "<train-potential
                 for err in exc.errors()
             )
         ) from None
+
+
+def load_potential_config(path: str | Path, overrides: list[str] | None = None) -> PotentialTrainConfig:
+    """Read a potential-training TOML file (data paths relative to the file), override, validate."""
+    import tomllib
+
+    from crystal.training.config import apply_train_overrides
+
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read training file: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: malformed TOML: {exc}") from None
+    data = apply_train_overrides(data, overrides or [])
+    base = p.resolve().parent
+    section = data.get("data")
+    if isinstance(section, dict):
+        for key in ("train", "val", "test"):
+            value = section.get(key)
+            if isinstance(value, str):
+                value = [value]
+            if isinstance(value, list):
+                section[key] = [
+                    v if not isinstance(v, str) or Path(v).is_absolute() else os.path.normpath(base / v) for v in value
+                ]
+    for key in ("output", "init"):
+        v = data.get(key)
+        is_path = key == "output" or (isinstance(v, str) and (Path(v).suffix or os.sep in v))
+        if isinstance(v, str) and is_path and not Path(v).is_absolute():
+            data[key] = os.path.normpath(base / v)
+    return parse_potential_config(data, str(p))
 
 
 def _specs(cfg: PotentialTrainConfig) -> tuple[list[TargetSpec], dict[str, str]]:
