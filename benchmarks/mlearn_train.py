@@ -43,6 +43,7 @@ def main() -> int:
     parser.add_argument("--forces-weight", type=float, default=100.0)
     parser.add_argument("--config", action="append", default=[], help="model KEY=JSON value (repeatable)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--minutes", type=float, default=None, help="training wall-time cap per element")
     parser.add_argument("--output", default="runs/mlearn")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -71,7 +72,12 @@ def main() -> int:
                 "model": model,
                 "data": {"train": [str(DATA / el / "train.xyz")], "test": [str(DATA / el / "test.xyz")]},
                 "loss": {"energy": 1.0, "forces": args.forces_weight},
-                "fit": {"max_epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr},
+                "fit": {
+                    "max_epochs": args.epochs,
+                    "batch_size": args.batch_size,
+                    "lr": args.lr,
+                    "max_minutes": args.minutes,
+                },
                 "device": args.device,
                 "output": str(out),
             },

@@ -74,3 +74,9 @@ def test_bad_inputs_are_named():
         fit_model(Linear(), _data(8, 0), _data(8, 1), {"max_epochs": 1, "monitor": "val_nope"})
     with pytest.raises(ValueError, match="extra"):
         FitConfig(epochs=3)
+
+
+def test_max_minutes_stops_training_early():
+    torch.manual_seed(0)
+    result = fit_model(Linear(), _data(64, 0), _data(16, 1), {"max_epochs": 100000, "max_minutes": 0.02})
+    assert 1 <= len(result.history) < 100000 and result.seconds < 30

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import datetime
 import logging
 import math
 import sys
@@ -73,6 +74,9 @@ class FitConfig(BaseModel):
         "validation and the returned model use the averaged weights",
     )
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement of `monitor`")
+    max_minutes: float | None = Field(
+        None, gt=0, description="stop after this much training wall time, minutes (the best epoch so far is kept)"
+    )
     monitor: str = Field("val_loss", min_length=1, description="metric selecting the best epoch (minimised)")
     seed: int = Field(0, ge=0, description="seed of shuffling, initialisation and dropout")
     accelerator: Literal["auto", "cpu", "gpu", "cuda"] = Field("auto", description="Lightning accelerator")
@@ -361,6 +365,7 @@ def fit_model(
         strategy="ddp" if cfg.devices > 1 else "auto",
         precision=cfg.precision,
         max_epochs=cfg.max_epochs,
+        max_time=None if cfg.max_minutes is None else datetime.timedelta(minutes=cfg.max_minutes),
         callbacks=[tracker.callback()],
         logger=False,
         enable_checkpointing=False,

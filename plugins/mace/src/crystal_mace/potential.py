@@ -1,0 +1,215 @@
+"""The ``mace`` potential: :class:`~crystal_mace.model.MACE` behind crystal's trainable-potential contract.
+
+Core (:mod:`crystal.trainable_potential`) builds the radius graph at ``cutoff`` (= MACE's ``r_max``),
+differentiable edge vectors, adds the per-element reference energies ``e0s`` and takes forces and
+stress by autograd; this module declares the architecture (:class:`MACEConfig`), builds the model
+and computes MACE's data statistics (average number of neighbours, scale and shift).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from crystal.batch import CrystalBatch
+from crystal.components import ComponentConfig
+from crystal.trainable_potential import PotentialConfig, TrainablePotential
+from crystal_mace import __version__
+from crystal_mace.model import MACE
+
+__all__ = ["MACEConfig", "MACEPotential"]
+
+#: fields :meth:`MACEPotential.statistics` sets from the training data (unless given explicitly)
+STATISTICS_FIELDS = ("avg_num_neighbors", "scale", "shift")
+
+
+def _irreps(value: str, what: str, scalars_only: bool = False) -> str:
+    from e3nn import o3
+
+    try:
+        irreps = o3.Irreps(value).simplify()
+    except (ValueError, AssertionError) as exc:
+        raise ValueError(f"{what} {value!r} is not an e3nn irreps string (e.g. '128x0e + 128x1o'): {exc}") from None
+    if irreps.dim == 0:
+        raise ValueError(f"{what} {value!r} is empty")
+    if scalars_only and any(ir.l != 0 or ir.p != 1 for _, ir in irreps):
+        raise ValueError(f"{what} {value!r} must hold scalars (0e) only")
+    return str(irreps)
+
+
+class MACEConfig(PotentialConfig):
+    """Hyperparameters of :class:`MACEPotential`; defaults are the MACE paper's / reference code's.
+
+    Inherited: ``weights``, ``checkpoint``, ``sha256``, ``elements``, ``cutoff`` (= MACE's r_max, 5 Å),
+    ``e0s``, ``seed``, ``dtype`` (float64 by default, as MACE's training default), ``batch_size``,
+    ``min_distance``. ``avg_num_neighbors``, ``scale`` and ``shift`` are set from the training data by
+    :meth:`MACEPotential.statistics` unless given explicitly.
+    """
+
+    hidden_irreps: str = Field(
+        "128x0e + 128x1o",
+        description="node features between layers (e3nn irreps; dimensionless): K channels of every irrep, "
+        "starting with 0e, e.g. '128x0e + 128x1o' (reference default), '32x0e + 32x1o' (small)",
+    )
+    max_ell: int = Field(3, ge=0, le=6, description="highest degree l of the spherical harmonics Y_lm(r̂) (and of A)")
+    correlation: int | tuple[int, ...] = Field(
+        3,
+        description="highest order ν of the symmetric product basis (messages are (ν+1)-body); one value for "
+        "every layer or one per layer, each 1..4",
+    )
+    num_interactions: int = Field(2, ge=1, le=6, description="number of message-passing layers T")
+    num_bessel: int = Field(8, ge=1, le=64, description="number of Bessel radial basis functions")
+    num_polynomial_cutoff: int = Field(
+        5,
+        ge=1,
+        le=20,
+        description="order p of the polynomial cutoff envelope (it and its first two derivatives vanish at the cutoff)",
+    )
+    radial_mlp: tuple[int, ...] = Field(
+        (64, 64, 64), description="hidden widths of the SiLU MLP mapping radial features to tensor-product weights"
+    )
+    mlp_irreps: str = Field("16x0e", description="hidden irreps (scalars) of the last layer's non-linear readout")
+    interaction_first: Literal["residual", "non_residual"] = Field(
+        "residual",
+        description="first layer: 'residual' (element-dependent self-connection of the embedding, MACE's "
+        "RealAgnosticResidualInteractionBlock, the paper's update and mace-torch's ScaleShiftMACE default) or 'non_residual' (element-dependent linear map "
+        "of the message, no self-connection; mace-torch's --model MACE)",
+    )
+    avg_num_neighbors: float = Field(
+        1.0,
+        gt=0,
+        description="average number of neighbours within the cutoff (dimensionless; normalises the "
+        "message sum); set from the training graphs",
+    )
+    scale: float = Field(
+        1.0,
+        gt=0,
+        description="eV; per-atom interaction energies are scale·E_int + shift; set from the training "
+        "data to the RMS of the force components (eV/Å, numerically)",
+    )
+    shift: float = Field(0.0, description="eV/atom; set from the training data to the mean of (E − Σ e0)/N")
+
+    @field_validator("hidden_irreps")
+    @classmethod
+    def _check_hidden(cls, value: str) -> str:
+        from e3nn import o3
+
+        text = _irreps(value, "hidden_irreps")
+        irreps = o3.Irreps(text)
+        muls = {mul for mul, _ in irreps}
+        if irreps[0].ir != o3.Irrep("0e") or len(muls) != 1 or len({ir for _, ir in irreps}) != len(irreps):
+            raise ValueError(
+                f"hidden_irreps {value!r} must start with 0e and hold every irrep once with the same multiplicity "
+                "(the number of channels), e.g. '128x0e + 128x1o'"
+            )
+        return text
+
+    @field_validator("mlp_irreps")
+    @classmethod
+    def _check_mlp(cls, value: str) -> str:
+        return _irreps(value, "mlp_irreps", scalars_only=True)
+
+    @field_validator("radial_mlp")
+    @classmethod
+    def _check_radial(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(w < 1 for w in value):
+            raise ValueError(f"radial_mlp widths must be >= 1, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_correlation(self) -> MACEConfig:
+        corr = (self.correlation,) if isinstance(self.correlation, int) else self.correlation
+        if isinstance(self.correlation, tuple) and len(corr) != self.num_interactions:
+            raise ValueError(
+                f"correlation has {len(corr)} entries but num_interactions = {self.num_interactions} "
+                "(give one value, or one per layer)"
+            )
+        if any(c < 1 or c > 4 for c in corr):
+            raise ValueError(f"correlation must be in 1..4, got {self.correlation}")
+        return self
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(prev)
+
+
+class MACEPotential(TrainablePotential):
+    """MACE interatomic potential (Batatia et al., NeurIPS 2022) on e3nn, trained by crystal.
+
+    >>> pot = MACEPotential(elements=("Cu",), hidden_irreps="8x0e + 8x1o")  # doctest: +SKIP
+    >>> pot.compute(batch)  # energy (B,) eV, forces (N, 3) eV/Å, stress (B, 3, 3) eV/Å³  # doctest: +SKIP
+    """
+
+    name = "mace"
+    version = __version__
+    Config: ClassVar[type[ComponentConfig]] = MACEConfig
+    consumes = "crystal"
+    produces = "energy+forces+stress"
+    devices = ("cpu", "cuda")
+
+    @classmethod
+    def build_model(cls, config: Any) -> torch.nn.Module:
+        """A fresh :class:`MACE` for ``config`` (built in float64: exact coupling bases; core casts it to
+        ``config.dtype``)."""
+        assert isinstance(config, MACEConfig)
+        with _default_dtype(torch.float64):
+            return MACE(
+                num_elements=len(config.elements),
+                r_max=config.cutoff,
+                num_bessel=config.num_bessel,
+                num_polynomial_cutoff=config.num_polynomial_cutoff,
+                max_ell=config.max_ell,
+                hidden_irreps=config.hidden_irreps,
+                correlation=config.correlation if isinstance(config.correlation, int) else list(config.correlation),
+                num_interactions=config.num_interactions,
+                radial_mlp=list(config.radial_mlp),
+                mlp_irreps=config.mlp_irreps,
+                avg_num_neighbors=config.avg_num_neighbors,
+                scale=config.scale,
+                shift=config.shift,
+                interaction_first=config.interaction_first,
+            )
+
+    @classmethod
+    def statistics(cls, config: Any, data: CrystalBatch, energy_offsets: torch.Tensor, graph: Any) -> dict[str, Any]:
+        """MACE's data statistics of the training set (fields the user set explicitly are kept):
+
+        * ``avg_num_neighbors`` = (number of directed edges within the cutoff) / (number of atoms);
+        * ``shift`` = mean over crystals of the interaction energy per atom ``(E − Σ_i e0_{s_i}) / N`` (eV);
+        * ``scale`` = RMS of all force components (MACE's default ``rms_forces_scaling``); without
+          forces (or all zero) the standard deviation of the per-atom interaction energies, else 1.
+        """
+        out: dict[str, Any] = {}
+        n_atoms = max(int(data.num_nodes), 1)
+        edge_index = graph.edge_index
+        if not bool(data.pbc.all()):
+            # the edges core keeps: no periodic images along non-periodic axes
+            src_pbc = data.pbc[data.batch[edge_index[0]]]
+            edge_index = edge_index[:, ~((graph.shifts != 0) & ~src_pbc).any(dim=1)]
+        avg = edge_index.shape[1] / n_atoms
+        out["avg_num_neighbors"] = float(avg) if avg > 0 else 1.0
+        energy = data.crystal_properties.get("energy")
+        per_atom = None
+        if energy is not None and len(data):
+            per_atom = (energy.to(torch.float64) - energy_offsets.to(torch.float64)) / data.num_atoms.to(torch.float64)
+            out["shift"] = float(per_atom.mean())
+        forces = data.atom_properties.get("forces")
+        rms = float(forces.to(torch.float64).pow(2).mean().sqrt()) if forces is not None and forces.numel() else 0.0
+        if rms > 0:
+            out["scale"] = rms
+        elif per_atom is not None and per_atom.numel() > 1 and float(per_atom.std()) > 0:
+            out["scale"] = float(per_atom.std())
+        else:
+            out["scale"] = 1.0
+        explicit = getattr(config, "model_fields_set", set())
+        return {k: v for k, v in out.items() if k not in explicit}
