@@ -40,8 +40,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--energy-weight", type=float, default=1.0)
     parser.add_argument("--forces-weight", type=float, default=100.0)
     parser.add_argument("--config", action="append", default=[], help="model KEY=JSON value (repeatable)")
+    parser.add_argument("--fit", action="append", default=[], help="fit KEY=JSON value (repeatable)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=None, help="training wall-time cap per element")
     parser.add_argument("--output", default="runs/mlearn")
@@ -53,13 +55,15 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from crystal.training.potential import train_potential
 
-    model = {}
-    for item in args.config:
-        key, _, value = item.partition("=")
-        model[key] = json.loads(value)
+    model, fit = {}, {}
+    for items, table in ((args.config, model), (args.fit, fit)):
+        for item in items:
+            key, _, value = item.partition("=")
+            table[key] = json.loads(value)
     print(
         f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} ({args.threads} threads); "
-        f"{args.potential} {json.dumps(model)}; {args.epochs} epochs max, batch {args.batch_size}, lr {args.lr}"
+        f"{args.potential} {json.dumps(model)} {json.dumps(fit)}; {args.epochs} epochs max, batch {args.batch_size}, lr {args.lr}, "
+        f"loss weights energy {args.energy_weight} forces {args.forces_weight}, {args.minutes} min cap"
     )
     print()
     print("| element | energy MAE (meV/atom) | force MAE (eV/Å) | GAP | MTP | epochs | train time (s) | params |")
@@ -71,12 +75,13 @@ def main() -> int:
                 "potential": args.potential,
                 "model": model,
                 "data": {"train": [str(DATA / el / "train.xyz")], "test": [str(DATA / el / "test.xyz")]},
-                "loss": {"energy": 1.0, "forces": args.forces_weight},
+                "loss": {"energy": args.energy_weight, "forces": args.forces_weight},
                 "fit": {
                     "max_epochs": args.epochs,
                     "batch_size": args.batch_size,
                     "lr": args.lr,
                     "max_minutes": args.minutes,
+                    **fit,
                 },
                 "device": args.device,
                 "output": str(out),
