@@ -51,6 +51,7 @@ __all__ = [
     "CsvSink",
     "DatasetSource",
     "DeduplicateStep",
+    "EvaluateStep",
     "FilesSource",
     "FilterStep",
     "GenerateSource",
@@ -266,6 +267,56 @@ class DeduplicateStep(_Step):
     angle_tol: float = Field(5.0, gt=0, description="degrees")
 
 
+class EvaluateStep(_Step):
+    """Score the crystals that reach this step as generated samples (:mod:`crystal.metrics`) and
+    write a JSON report into the run directory; every crystal passes on unchanged."""
+
+    type: Literal["evaluate"]
+    task: Literal["csp", "generation"] = Field(description="crystal structure prediction or ab initio generation")
+    reference: list[str] = Field(
+        min_length=1, description="test structures: files, folders or globs, relative to the pipeline file"
+    )
+    k: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, min_length=1, description="csp: samples per test structure to score (default: 1 and all)"
+    )
+    group_by: Literal["auto", "id", "composition"] = Field(
+        "auto", description="csp: pair samples with test structures by id or reduced formula"
+    )
+    dataset: Literal["perov_5", "carbon_24", "mp_20"] | None = Field(
+        None, description="generation: CDVAE coverage cut-offs of this data set"
+    )
+    struc_cutoff: float | None = Field(None, gt=0, description="generation: structure-fingerprint cut-off")
+    comp_cutoff: float | None = Field(None, gt=0, description="generation: composition-fingerprint cut-off")
+    n_samples: int | None = Field(None, ge=1, description="generation: valid crystals drawn for Wasserstein distances")
+    train: list[str] | None = Field(None, min_length=1, description="training structures (uniqueness, novelty)")
+    sun: bool = Field(False, description="generation: also stability, uniqueness and novelty with a potential")
+    potential: str | None = Field(None, description="sun: name of an installed potential plugin")
+    config: dict[str, Any] = Field(default_factory=dict, description="sun: the potential's own config")
+    hull_reference: list[str] | None = Field(
+        None, min_length=1, description="sun: structures whose relaxed energies define the convex hull"
+    )
+    stability_threshold: float = Field(0.1, description="sun: stable when E_hull <= this, eV/atom")
+    fmax: float = Field(0.1, gt=0, description="sun: relaxation force threshold, eV/Å")
+    max_steps: int = Field(500, ge=0, description="sun: FIRE steps per crystal at most")
+    reference_limit: int | None = Field(None, ge=1, description="read at most this many reference structures")
+    workers: int = Field(0, ge=0, description="worker processes for StructureMatcher and fingerprints")
+    output: str | None = Field(None, description="report path in the run directory (default: <step id>.json)")
+
+    @model_validator(mode="after")
+    def _check_task_fields(self) -> EvaluateStep:
+        if self.task == "csp":
+            used = [f for f in ("dataset", "struc_cutoff", "comp_cutoff", "n_samples", "train") if getattr(self, f)]
+            if self.sun or used:
+                raise ValueError(f"task 'csp' does not use {', '.join(used + (['sun'] if self.sun else []))}")
+        elif self.k is not None:
+            raise ValueError("k applies to task 'csp' only")
+        if self.sun and (self.potential is None or self.hull_reference is None):
+            raise ValueError("sun = true needs potential and hull_reference")
+        if not self.sun and (self.potential is not None or self.hull_reference is not None):
+            raise ValueError("potential and hull_reference are used with sun = true only")
+        return self
+
+
 Step = Annotated[
     ValidateStep
     | RelaxStep
@@ -275,7 +326,8 @@ Step = Annotated[
     | MetricsStep
     | FilterStep
     | RankStep
-    | DeduplicateStep,
+    | DeduplicateStep
+    | EvaluateStep,
     Field(discriminator="type"),
 ]
 MAP_STEPS = ("validate", "relax", "md", "predict", "characterize", "metrics")
@@ -329,7 +381,9 @@ def _describe_loc(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
         steps = data.get("steps") or []
         sid = steps[loc[1]].get("id") if loc[1] < len(steps) and isinstance(steps[loc[1]], dict) else None
         rest = [
-            str(p) for p in loc[2:] if not (isinstance(p, str) and p in (*MAP_STEPS, "filter", "rank", "deduplicate"))
+            str(p)
+            for p in loc[2:]
+            if not (isinstance(p, str) and p in (*MAP_STEPS, "filter", "rank", "deduplicate", "evaluate"))
         ]
         where = f"step {sid!r} (steps[{loc[1]}])" if sid else f"steps[{loc[1]}]"
         return f"{where}: field {'.'.join(rest)!r}" if rest else where

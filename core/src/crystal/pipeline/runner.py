@@ -124,6 +124,8 @@ class Pipeline:
                 need.append((step.id, "encoder", step.encoder, step.config))
             elif step.type == "characterize":
                 need.append((step.id, "characterizer", step.characterizer, step.config))
+            elif step.type == "evaluate" and step.sun and step.potential is not None:
+                need.append((step.id, "potential", step.potential, step.config))
         return need
 
     def check(self) -> None:
@@ -162,6 +164,16 @@ class Pipeline:
                 problems.append(
                     f"{self.origin}: source: field 'name': no dataset {src.name!r}; allowed: {', '.join(sorted(known))}"
                 )
+        for step in self.config.steps:
+            if step.type == "evaluate":
+                from crystal.io import expand_paths
+
+                for field_name in ("reference", "train", "hull_reference"):
+                    items = getattr(step, field_name)
+                    try:
+                        expand_paths([p if Path(p).is_absolute() else str(self.base_dir / p) for p in items or []])
+                    except ConfigError as exc:
+                        problems.append(f"{self.origin}: step {step.id!r}: field {field_name!r}: {exc}")
         known_metrics = None
         for step in self.config.steps:
             if step.type == "metrics":
@@ -269,7 +281,7 @@ class Pipeline:
             # components: loaded once per run
             from crystal.plugins import list_plugins, load_class
 
-            ctx = StepContext(run_dir=run_dir, emit=emit, seed=meta.seed)
+            ctx = StepContext(run_dir=run_dir, emit=emit, seed=meta.seed, base_dir=self.base_dir)
             plugins_used = []
             dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
 
@@ -374,7 +386,7 @@ class Pipeline:
                     if resume and ckpt.is_file():
                         out = load_checkpoint(ckpt, dev)
                     else:
-                        out = run_global_step(s, batch)
+                        out = run_global_step(s, batch, ctx)
                         save_checkpoint(ckpt, out)
                     batch = out.batch
                     dropped += out.dropped

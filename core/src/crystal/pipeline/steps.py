@@ -23,6 +23,7 @@ from crystal.io import Failure
 from crystal.pipeline.config import (
     CharacterizeStep,
     DeduplicateStep,
+    EvaluateStep,
     FilterStep,
     MDStep,
     MetricsStep,
@@ -46,6 +47,7 @@ class StepContext:
     emit: Callable[..., None] = lambda *a, **k: None
     chunk_index: int = 0
     seed: int = 0
+    base_dir: Path | None = None  # the pipeline file's folder: relative paths in steps start there
     _metrics: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, Any]:
@@ -319,7 +321,55 @@ def _deduplicate(step: DeduplicateStep, batch: CrystalBatch) -> StageOutput:
     return StageOutput(batch.select(torch.tensor(keep, dtype=torch.long)), dropped=dropped)
 
 
-def run_global_step(step: Any, batch: CrystalBatch) -> StageOutput:
+def _evaluate(step: EvaluateStep, batch: CrystalBatch, ctx: StepContext | None) -> StageOutput:
+    """Score every crystal of ``batch`` with :func:`crystal.metrics.evaluate.evaluate`; writes the
+    JSON report into the run directory and passes the batch on unchanged."""
+    from crystal.metrics.evaluate import evaluate, summary_rows, write_report
+
+    if ctx is None:
+        raise PipelineError(f"step {step.id!r}: the evaluate step needs a run context")
+    base = ctx.base_dir or Path.cwd()
+
+    def paths(items: list[str] | None) -> list[str] | None:
+        return None if items is None else [p if Path(p).is_absolute() else str(base / p) for p in items]
+
+    if len(batch) == 0:
+        raise PipelineError(f"step {step.id!r}: no crystal reached the evaluate step")
+    potential = ctx.components[step.id][0] if step.sun else None
+    assert potential is None or isinstance(potential, Potential)
+    report = evaluate(
+        step.task,
+        list(batch.ids),
+        batch.to_structures(),
+        reference=paths(step.reference) or [],
+        k=step.k,
+        group_by=step.group_by,
+        dataset=step.dataset,
+        struc_cutoff=step.struc_cutoff,
+        comp_cutoff=step.comp_cutoff,
+        n_samples=step.n_samples,
+        train=paths(step.train),
+        sun=step.sun,
+        potential=potential,
+        hull_reference=paths(step.hull_reference),
+        stability_threshold=step.stability_threshold,
+        fmax=step.fmax,
+        max_steps=step.max_steps,
+        reference_limit=step.reference_limit,
+        workers=step.workers,
+        seed=ctx.seed,
+        progress=lambda stage, done, total: ctx.emit("progress", step.id, stage, done=done, total=total),
+    )
+    report["step"] = step.id
+    target = ctx.run_dir / (step.output or f"{step.id}.json")
+    write_report(target, report)
+    ctx.emit("progress", step.id, "; ".join(f"{k}: {v}" for k, v in summary_rows(report)) + f" -> {target}")
+    return StageOutput(batch)
+
+
+def run_global_step(step: Any, batch: CrystalBatch, ctx: StepContext | None = None) -> StageOutput:
+    if step.type == "evaluate":
+        return _evaluate(step, batch, ctx)
     if step.type == "filter":
         return _filter(step, batch)
     if step.type == "rank":
