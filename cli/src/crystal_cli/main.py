@@ -712,6 +712,17 @@ def train_potential_cmd(
         typer.echo(f"run directory: {result.output}")
 
 
+# --------------------------------------------------------------------------- evaluate
+from crystal_cli.evaluate import evaluate_cmd  # noqa: E402  (typer only; metrics are imported when it runs)
+
+app.command("evaluate")(evaluate_cmd)
+
+# --------------------------------------------------------------------------- characterize
+from crystal_cli.characterize import characterize_cmd  # noqa: E402  (typer only; torch is imported when it runs)
+
+app.command("characterize")(characterize_cmd)
+
+
 # --------------------------------------------------------------------------- entry
 def _register_plugin_commands() -> None:
     from crystal.hooks import call_isolated
