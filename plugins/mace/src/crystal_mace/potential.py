@@ -156,6 +156,7 @@ class MACEPotential(TrainablePotential):
     consumes = "crystal"
     produces = "energy+forces+stress"
     devices = ("cpu", "cuda")
+    weights = ("mace-mlearn-li", "mace-mlearn-si")
 
     @classmethod
     def build_model(cls, config: Any) -> torch.nn.Module:
