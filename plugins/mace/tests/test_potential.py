@@ -230,3 +230,20 @@ def test_train_potential_end_to_end(tmp_path) -> None:
     assert pot.config.avg_num_neighbors > 10 and pot.config.scale > 0.1
     out = pot.compute(data)
     assert torch.isfinite(out.energy).all()
+
+
+def test_nve_energy_drift_is_small_with_shipped_si_weights() -> None:
+    """Velocity Verlet with the trained Si model (run in float64): total energy is conserved."""
+    from ase.build import bulk
+
+    from crystal.md import run_md
+
+    pot = MACEPotential(weights="mace-mlearn-si", dtype="float64", device="cpu")
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.rattle(0.02, seed=0)
+    batch = CrystalBatch.from_atoms([atoms])
+    result = run_md(pot, batch, steps=40, timestep=1.0, temperature=300.0, seed=0, log_every=1)
+    total = result.total_energy[:, 0] / 8  # eV/atom
+    exchanged = float(result.kinetic_energy[:, 0].max() - result.kinetic_energy[:, 0].min()) / 8
+    assert torch.isfinite(total).all() and exchanged > 5e-3  # the atoms really move
+    assert float(total.max() - total.min()) < 1e-2 * exchanged
