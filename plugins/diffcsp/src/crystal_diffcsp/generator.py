@@ -1,0 +1,344 @@
+"""DiffCSP as a :class:`crystal.Generator`: crystal structure prediction (composition given) and
+ab initio generation (atom types diffused too, atom counts drawn from the training set).
+
+Sampling rules:
+
+1. **Mode.** ``mode="csp"`` needs a composition (``GenerationConditions.composition`` or the
+   config's ``composition``; conditions win; with neither, the named weights' default from
+   :data:`DEFAULT_COMPOSITIONS`): counts as written (``"SrTiO3"`` is 5 atoms) times
+   ``Z`` formula units, ``Z`` drawn uniformly (seeded) from ``formula_units`` for each sample.
+   ``mode="ab_initio"`` takes no composition: the atom count of each sample is drawn from the
+   training histogram stored with the weights, the types are denoised with the structure.
+2. **Unsupported conditions** raise :class:`~crystal.errors.ConfigError`: space groups (DiffCSP
+   has no symmetry conditioning), chemical systems, and a composition or formula units in ab
+   initio mode. Elements the weights were not trained on raise too (their embeddings are untrained).
+3. **Batching.** Up to ``batch_size`` crystals are denoised together as one batch on the device;
+   chunk ``c`` draws its noise from a generator seeded with ``(seed, c)``, so a call is
+   reproducible for its seed, ``num_samples`` and config.
+4. **Validity.** Crystals with NaN/inf values, a degenerate cell or atoms closer than
+   ``min_distance`` (periodic images included) are left out (``B < num_samples``) and counted in
+   a warning, as the Generator contract asks.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator
+
+from crystal.batch import CrystalBatch
+from crystal.components import ComponentConfig, GenerationConditions, Generator
+from crystal.elements import SYMBOLS
+from crystal.errors import ConfigError
+
+__all__ = ["DEFAULT_COMPOSITIONS", "DEFAULT_WEIGHTS", "DiffCSPConfig", "DiffCSPGenerator", "parse_composition"]
+
+log = logging.getLogger(__name__)
+
+#: default named weights per mode (None: no shipped weights for that mode; pass `checkpoint`)
+DEFAULT_WEIGHTS: dict[str, str | None] = {"csp": "diffcsp-perov5-csp", "ab_initio": None}
+NamedWeights = Literal["diffcsp-perov5-csp", "diffcsp-carbon24-csp"]
+#: composition used in csp mode when neither the conditions nor the config give one (named weights only)
+DEFAULT_COMPOSITIONS: dict[str, str] = {"diffcsp-perov5-csp": "SrTiO3", "diffcsp-carbon24-csp": "C8"}
+_Z_OF = {s: i + 1 for i, s in enumerate(SYMBOLS)}
+
+
+def parse_composition(text: str, where: str = "composition") -> list[tuple[int, int]]:
+    """``"SrTiO3"`` → ``[(38, 1), (22, 1), (8, 3)]`` (Z, count as written); clear errors otherwise."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"diffcsp: {where} must be a non-empty formula such as 'SrTiO3', got {text!r}")
+    from pymatgen.core import Composition
+
+    try:
+        comp = Composition(text)
+    except Exception as exc:  # pymatgen raises ValueError/KeyError/... on bad formulas
+        raise ConfigError(f"diffcsp: cannot parse {where} {text!r}: {exc}") from None
+    out: list[tuple[int, int]] = []
+    for el, amount in comp.items():
+        sym = str(getattr(el, "symbol", el))
+        if sym not in _Z_OF or getattr(el, "Z", 0) < 1:
+            raise ConfigError(f"diffcsp: {where} {text!r}: unknown element {sym!r}")
+        n = round(float(amount))
+        if abs(float(amount) - n) > 1e-8:
+            raise ConfigError(f"diffcsp: {where} {text!r}: {sym} has amount {float(amount):g}; need whole atoms")
+        if n > 0:
+            out.append((_Z_OF[sym], n))
+    if not out:
+        raise ConfigError(f"diffcsp: {where} {text!r} contains no atoms")
+    return out
+
+
+class DiffCSPConfig(ComponentConfig):
+    """Configuration of the ``diffcsp`` generator."""
+
+    mode: Literal["csp", "ab_initio"] = Field(
+        "csp", description="'csp': structure for a given composition; 'ab_initio': composition generated too"
+    )
+    weights: NamedWeights | None = Field(
+        None,
+        description="named weights; None = the mode's default (csp: diffcsp-perov5-csp; ab_initio: none shipped, "
+        "pass checkpoint)",
+    )
+    checkpoint: str | None = Field(
+        None, description="path to a model.pt from crystal_diffcsp.train (overrides weights)"
+    )
+    composition: str | None = Field(
+        None,
+        description="csp: formula unit, e.g. 'SrTiO3' (conditions override it); None = the named weights' default "
+        "(perov5: SrTiO3, carbon24: C8)",
+    )
+    formula_units: tuple[int, ...] = Field(
+        (1,), min_length=1, description="csp: Z per cell, drawn uniformly per sample"
+    )
+    steps: int | None = Field(
+        None, ge=1, description="denoising steps; None = all T of the weights (paper: 1000); fewer = respaced DDPM"
+    )
+    step_lr: float | None = Field(
+        None, gt=0, description="Langevin corrector step (fractional units²); None = the value stored with the weights"
+    )
+    corrector: Literal["langevin", "none"] = Field(
+        "langevin", description="'langevin': predictor-corrector sampling (paper); 'none': predictor only"
+    )
+    batch_size: int = Field(512, ge=1, le=1_000_000, description="crystals denoised together on the device")
+    min_distance: float = Field(
+        0.5, ge=0.0, le=5.0, description="Å; crystals with atoms closer than this are left out of the result"
+    )
+
+    @field_validator("formula_units")
+    @classmethod
+    def _positive(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(int(z) < 1 for z in v):
+            raise ValueError(f"formula units must be >= 1, got {list(v)}")
+        return v
+
+    @field_validator("composition")
+    @classmethod
+    def _valid_composition(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_composition(v)
+        return v
+
+
+@lru_cache(maxsize=8)
+def _load_named(name: str) -> tuple[Any, dict[str, Any]]:
+    from crystal.weights import load_state_dict
+    from crystal_diffcsp.checkpoint import model_from_state
+
+    return model_from_state(load_state_dict(name), f"weights {name!r}")
+
+
+class DiffCSPGenerator(Generator):
+    """DiffCSP (Jiao et al., NeurIPS 2023): joint equivariant diffusion of lattice and fractional coordinates."""
+
+    name: ClassVar[str] = "diffcsp"
+    version: ClassVar[str] = "0.1.0"
+    Config: ClassVar[type[ComponentConfig]] = DiffCSPConfig
+    consumes: ClassVar[str] = "conditions"
+    produces: ClassVar[str] = "crystal"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    weights: ClassVar[tuple[str, ...]] = ("diffcsp-perov5-csp", "diffcsp-carbon24-csp")
+    default_weights: ClassVar[str | None] = "diffcsp-perov5-csp"
+
+    def __init__(self, config: Any = None, *, device: str = "auto", **overrides: Any) -> None:
+        super().__init__(config, device=device, **overrides)
+        cfg: DiffCSPConfig = self.config  # type: ignore[assignment]
+        if cfg.checkpoint is not None:
+            from crystal_diffcsp.checkpoint import load_checkpoint
+
+            model, meta = load_checkpoint(Path(cfg.checkpoint).expanduser())
+            self.source = str(cfg.checkpoint)
+        else:
+            name = cfg.weights or DEFAULT_WEIGHTS[cfg.mode]
+            if name is None:
+                raise ConfigError(
+                    f"generator 'diffcsp': no shipped weights for mode {cfg.mode!r}; train some with "
+                    "`python -m crystal_diffcsp.train --mode ab_initio ...` and pass checkpoint=<model.pt>"
+                )
+            model, meta = _load_named(name)
+            self.source = name
+        if model.config.mode != cfg.mode:
+            raise ConfigError(
+                f"generator 'diffcsp': weights {self.source!r} were trained for mode {model.config.mode!r}, "
+                f"but the config asks for mode {cfg.mode!r}"
+            )
+        import copy
+
+        self.model = copy.deepcopy(model).to(self.device).eval()
+        self.metadata = meta
+        self.elements = frozenset(int(z) for z in model.config.elements)
+
+    def weights_in_use(self) -> tuple[str, ...]:
+        cfg: DiffCSPConfig = self.config  # type: ignore[assignment]
+        if cfg.checkpoint is not None:
+            return ()
+        name = cfg.weights or DEFAULT_WEIGHTS[cfg.mode]
+        return (name,) if name else ()
+
+    # ---------------------------------------------------------------- requests
+    def _plan(self, num_samples: int, conditions: GenerationConditions | None, rng: np.random.Generator) -> Any:
+        """Per-sample atomic numbers (csp) or atom counts (ab initio)."""
+        cfg: DiffCSPConfig = self.config  # type: ignore[assignment]
+        cond = conditions or GenerationConditions()
+        where = "generator 'diffcsp'"
+        if cond.space_groups is not None:
+            raise ConfigError(
+                f"{where}: conditions.space_groups is not supported: DiffCSP has no space-group conditioning "
+                "(use the 'pyxtal' generator for symmetry-constrained crystals)"
+            )
+        if cond.chemical_system is not None:
+            raise ConfigError(f"{where}: conditions.chemical_system is not supported; give a composition (mode 'csp')")
+        if cfg.mode == "ab_initio":
+            if cond.composition is not None or cond.formula_units is not None:
+                raise ConfigError(
+                    f"{where}: mode 'ab_initio' generates the composition; conditions.composition/formula_units "
+                    "need mode 'csp'"
+                )
+            return None
+        text = cond.composition if cond.composition is not None else cfg.composition
+        if text is None:
+            text = DEFAULT_COMPOSITIONS.get(self.source)
+        if text is None:
+            raise ConfigError(f"{where}: mode 'csp' needs a composition (conditions.composition or config composition)")
+        formula = parse_composition(text, "conditions.composition" if cond.composition else "composition")
+        unknown = sorted({z for z, _ in formula} - self.elements)
+        if unknown:
+            names = ", ".join(SYMBOLS[z - 1] for z in unknown)
+            known = " ".join(SYMBOLS[z - 1] for z in sorted(self.elements))
+            raise ConfigError(
+                f"{where}: composition {text!r} contains {names}, outside the elements weights "
+                f"{self.source!r} were trained on ({known})"
+            )
+        zs = tuple(cond.formula_units) if cond.formula_units is not None else cfg.formula_units
+        per_formula = sum(n for _, n in formula)
+        too_big = [z for z in zs if z * per_formula > 100]
+        if too_big:
+            raise ConfigError(f"{where}: formula_units {too_big} give more than 100 atoms per cell for {text!r}")
+        draws = rng.choice(np.asarray(zs, dtype=np.int64), size=num_samples)
+        unit = torch.tensor([z for z, n in formula for _ in range(n)], dtype=torch.long)
+        return text, [(int(z), unit.repeat(int(z))) for z in draws]
+
+    # ---------------------------------------------------------------- generation
+    def generate(
+        self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
+    ) -> CrystalBatch:
+        """Up to ``num_samples`` crystals, reproducible for ``seed`` (``None`` draws one, recorded in ids)."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer) or num_samples < 0:
+            raise ConfigError(f"generator 'diffcsp': num_samples must be a non-negative integer, got {num_samples!r}")
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        elif isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ConfigError(f"generator 'diffcsp': seed must be a non-negative integer or None, got {seed!r}")
+        seed = int(seed)
+        plan = self._plan(int(num_samples), conditions, np.random.default_rng([seed, 0]))
+        if num_samples == 0:
+            return CrystalBatch.empty()
+        cfg: DiffCSPConfig = self.config  # type: ignore[assignment]
+        out: list[CrystalBatch] = []
+        for chunk, start in enumerate(range(0, int(num_samples), cfg.batch_size)):
+            count = min(cfg.batch_size, int(num_samples) - start)
+            gen = torch.Generator(self.device).manual_seed(
+                int(np.random.SeedSequence([seed, 1, chunk]).generate_state(1)[0])
+            )
+            if plan is None:
+                num_atoms = self.model.sample_num_atoms(count, torch.Generator().manual_seed(seed + chunk))
+                zs = None
+                formulas: list[Any] = [None] * count
+            else:
+                items = plan[1][start : start + count]
+                num_atoms = torch.tensor([len(u) for _, u in items], dtype=torch.long)
+                zs = torch.cat([u for _, u in items]).to(self.device)
+                formulas = [z for z, _ in items]
+            res = self.model.sample(
+                num_atoms,
+                zs,
+                generator=gen,
+                steps=cfg.steps,
+                step_lr=cfg.step_lr,
+                corrector=cfg.corrector == "langevin",
+            )
+            infos = []
+            for k in range(count):
+                info: dict[str, Any] = {
+                    "generator": "diffcsp",
+                    "mode": cfg.mode,
+                    "weights": self.source,
+                    "seed": seed,
+                    "sample": start + k,
+                    "steps": len(self.model.time_grid(cfg.steps)),
+                }
+                if plan is not None:
+                    info["composition"] = plan[0]
+                    info["formula_units"] = formulas[k]
+                infos.append(info)
+            out.append(
+                CrystalBatch(
+                    atomic_numbers=res.atomic_numbers.to(self.device),
+                    frac_coords=res.frac_coords.to(torch.float64),
+                    lattices=res.lattices.to(torch.float64),
+                    num_atoms=num_atoms.to(self.device),
+                    ids=[f"diffcsp-{seed}-{start + k}" for k in range(count)],
+                    info=infos,
+                )
+            )
+        batch = CrystalBatch.concat(out)
+        reasons = batch.validate(min_distance=cfg.min_distance)
+        keep = [i for i, r in enumerate(reasons) if r is None]
+        if len(keep) < len(batch):
+            dropped = [r for r in reasons if r is not None]
+            log.warning(
+                "diffcsp: left out %d of %d crystals (seed %d) as invalid, e.g. %s",
+                len(dropped),
+                len(batch),
+                seed,
+                dropped[0],
+            )
+            batch = batch.select(torch.tensor(keep, dtype=torch.long, device=batch.device))
+        return batch
+
+    def generate_all(self, atomic_numbers: torch.Tensor, num_atoms: torch.Tensor, *, seed: int = 0) -> CrystalBatch:
+        """Crystal structure prediction for many compositions at once, nothing left out.
+
+        ``atomic_numbers`` (N,) and ``num_atoms`` (B,) describe B cells (e.g. a test set); returns
+        B crystals in order (invalid ones included, for benchmarks that count them as failures).
+        """
+        cfg: DiffCSPConfig = self.config  # type: ignore[assignment]
+        if cfg.mode != "csp":
+            raise ConfigError("generator 'diffcsp': generate_all needs mode 'csp'")
+        unknown = sorted(set(atomic_numbers.tolist()) - self.elements)
+        if unknown:
+            raise ConfigError(
+                f"generator 'diffcsp': elements {[SYMBOLS[z - 1] for z in unknown]} are not in the weights"
+            )
+        if int(num_atoms.min()) < 1:
+            raise ConfigError("generator 'diffcsp': every crystal needs at least one atom")
+        ptr = torch.cat([num_atoms.new_zeros(1), torch.cumsum(num_atoms, 0)])
+        out = []
+        for chunk, start in enumerate(range(0, len(num_atoms), cfg.batch_size)):
+            stop = min(start + cfg.batch_size, len(num_atoms))
+            gen = torch.Generator(self.device).manual_seed(
+                int(np.random.SeedSequence([seed, 2, chunk]).generate_state(1)[0])
+            )
+            na = num_atoms[start:stop]
+            zs = atomic_numbers[int(ptr[start]) : int(ptr[stop])]
+            res = self.model.sample(
+                na,
+                zs.to(self.device),
+                generator=gen,
+                steps=cfg.steps,
+                step_lr=cfg.step_lr,
+                corrector=cfg.corrector == "langevin",
+            )
+            out.append(
+                CrystalBatch(
+                    atomic_numbers=res.atomic_numbers.cpu(),
+                    frac_coords=res.frac_coords.to(torch.float64).cpu(),
+                    lattices=res.lattices.to(torch.float64).cpu(),
+                    num_atoms=na.cpu(),
+                )
+            )
+        return CrystalBatch.concat(out)
