@@ -402,7 +402,7 @@ def test_tiny_model_overfits_and_regenerates_two_perovskites() -> None:
     must recover every structure (StructureMatcher, CSP tolerances); from pure noise the
     lattice must come out cubic-like with the right size. (Recovering the site arrangement
     from pure noise needs far more training than a test can afford: the network has to learn
-    the translation-averaged score; see docs/benchmarks-diffcsp.md.)
+    the translation-averaged score; see docs/benchmarks.md.)
     """
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
