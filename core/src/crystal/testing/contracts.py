@@ -185,11 +185,27 @@ def check_characterizer(char: Characterizer, signals: torch.Tensor) -> None:
         _close(probs.sum(dim=1), torch.ones(signals.shape[0]), 1e-4, 0, f"{name}: {head} probabilities must sum to 1")
 
 
-def check_plugin(kind: str, name: str, *, device: str = "cpu", **kwargs: Any) -> Component:
-    """Load ``kind``/``name`` with its default config and run the checks of its kind."""
-    from crystal.plugins import load
+def check_plugin(
+    kind: str, name: str, *, device: str = "cpu", config: dict[str, Any] | None = None, **kwargs: Any
+) -> Component:
+    """Load ``kind``/``name`` with its default config (or ``config``) and run the checks of its kind.
 
-    comp = load(kind, name, device=device)
+    A trainable potential without weights in ``config`` is checked as a freshly initialised
+    model covering the elements of :func:`sample_batch`.
+    """
+    from crystal.plugins import load, load_class
+    from crystal.trainable_potential import TrainablePotential
+
+    config = dict(config or {})
+    cls = load_class(kind, name)
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, TrainablePotential)
+        and not ({"weights", "checkpoint", "elements"} & set(config))
+        and cls.default_weights is None
+    ):
+        config["elements"] = ("Na", "Si", "Cl", "Cu")
+    comp = load(kind, name, config or None, device=device)
     check_declarations(comp)
     if isinstance(comp, Potential):
         check_potential(comp, **kwargs)
