@@ -156,7 +156,7 @@ class MACEPotential(TrainablePotential):
     consumes = "crystal"
     produces = "energy+forces+stress"
     devices = ("cpu", "cuda")
-    weights = ("mace-mlearn-li", "mace-mlearn-mo", "mace-mlearn-si", "mace-mlearn-ge")
+    weights = ("mace-mlearn-li", "mace-mlearn-mo", "mace-mlearn-si", "mace-mlearn-cu", "mace-mlearn-ge")
 
     @classmethod
     def build_model(cls, config: Any) -> torch.nn.Module:
