@@ -257,8 +257,7 @@ def test_representation_registered_as_plugin() -> None:
     from crystal.plugins import list_plugins, load_class
 
     names = {i.name for i in list_plugins("representation")}
-    if "xrd" not in names:
-        pytest.skip("crystal-core not re-installed since the 'xrd' entry point was added")
+    assert "xrd" in names, "the 'xrd' entry point of crystal-core is missing (re-install core)"
     from crystal.xrd.representation import XRDRepresentation
 
     assert load_class("representation", "xrd") is XRDRepresentation

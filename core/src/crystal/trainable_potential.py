@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import abc
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -435,16 +434,6 @@ class TrainablePotential(Potential):
 
     def save(self, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> str:
         """Write the checkpoint atomically (temporary file, then rename); returns its sha256."""
-        from crystal.weights import sha256sum
+        from crystal.weights import save_checkpoint
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        os.close(fd)
-        try:
-            torch.save(self.checkpoint(metadata), tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return sha256sum(path)
+        return save_checkpoint(self.checkpoint(metadata), path)

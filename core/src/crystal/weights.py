@@ -137,3 +137,21 @@ def load_state_dict(name_or_entry: str | WeightsManifest, map_location: str | to
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors are deliberately not trusted
         raise WeightsError(f"weights {entry.name!r}: {path} is not a weights-only checkpoint: {exc}") from None
+
+
+def save_checkpoint(payload: Any, path: str | os.PathLike[str]) -> str:
+    """``torch.save`` ``payload`` atomically (temporary file beside ``path``, then rename);
+    returns the file's sha256."""
+    import torch
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return sha256sum(target)

@@ -203,8 +203,9 @@ def apply_train_overrides(data: dict[str, Any], overrides: list[str]) -> dict[st
     return data
 
 
-def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a training TOML file (paths in ``data`` relative to the file), override, validate."""
+def read_run_toml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a training TOML file, apply ``--set`` overrides and make ``data.train/val/test``
+    and ``output`` paths relative to the file absolute (shared by encoder and potential runs)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -228,4 +229,9 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
                 ]
     if isinstance(data.get("output"), str) and not Path(data["output"]).is_absolute():
         data["output"] = os.path.normpath(base / data["output"])
-    return parse_train_config(data, str(p))
+    return data
+
+
+def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a training TOML file (paths in ``data`` relative to the file), override, validate."""
+    return parse_train_config(read_run_toml(path, overrides), str(path))

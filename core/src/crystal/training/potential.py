@@ -159,36 +159,15 @@ def parse_potential_config(data: dict[str, Any], origin: str = "<train-potential
 
 
 def load_potential_config(path: str | Path, overrides: list[str] | None = None) -> PotentialTrainConfig:
-    """Read a potential-training TOML file (data paths relative to the file), override, validate."""
-    import tomllib
+    """Read a potential-training TOML file (data paths, output and a checkpoint ``init``
+    relative to the file), override, validate."""
+    from crystal.training.config import read_run_toml
 
-    from crystal.training.config import apply_train_overrides
-
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read training file: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: malformed TOML: {exc}") from None
-    data = apply_train_overrides(data, overrides or [])
-    base = p.resolve().parent
-    section = data.get("data")
-    if isinstance(section, dict):
-        for key in ("train", "val", "test"):
-            value = section.get(key)
-            if isinstance(value, str):
-                value = [value]
-            if isinstance(value, list):
-                section[key] = [
-                    v if not isinstance(v, str) or Path(v).is_absolute() else os.path.normpath(base / v) for v in value
-                ]
-    for key in ("output", "init"):
-        v = data.get(key)
-        is_path = key == "output" or (isinstance(v, str) and (Path(v).suffix or os.sep in v))
-        if isinstance(v, str) and is_path and not Path(v).is_absolute():
-            data[key] = os.path.normpath(base / v)
-    return parse_potential_config(data, str(p))
+    data = read_run_toml(path, overrides)
+    init = data.get("init")
+    if isinstance(init, str) and (Path(init).suffix or os.sep in init) and not Path(init).is_absolute():
+        data["init"] = os.path.normpath(Path(path).resolve().parent / init)
+    return parse_potential_config(data, str(path))
 
 
 def _specs(cfg: PotentialTrainConfig) -> tuple[list[TargetSpec], dict[str, str]]:
