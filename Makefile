@@ -5,7 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-DISTS := core cli $(patsubst %/pyproject.toml,%,$(sort $(wildcard plugins/*/pyproject.toml)))
+CORE := core/crystal core/sim core/metrics core/train core/pipeline
+DISTS := $(CORE) cli $(patsubst %/pyproject.toml,%,$(sort $(wildcard plugins/*/pyproject.toml)))
 PYPROJECTS := $(addsuffix /pyproject.toml,$(DISTS))
 
 .PHONY: run test install install-test lint typecheck bench readme clean

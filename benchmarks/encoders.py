@@ -56,7 +56,7 @@ def main() -> int:
         return 1
 
     from crystal.targets import TargetSpec
-    from crystal.training import evaluate, read_labelled, train
+    from crystal_train import evaluate, read_labelled, train
 
     target = TargetSpec(name="heat_ref", unit="eV")
     device = "cuda" if args.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"

@@ -11,7 +11,7 @@ Protocol (CrystaLLM's ``BENCHMARKING.md`` with our generator):
 3. every text is checked (parses, formula, bond lengths, space group): the valid fraction and
    the failures per check are reported; so is the same fraction for the *real* canonical CIFs
    of the subset (the ceiling of the bond-length check, which rejects part of the real data);
-4. CSP metrics with :func:`crystal.metrics.csp_metrics` (``StructureMatcher(stol=0.5,
+4. CSP metrics with :func:`crystal_metrics.csp_metrics` (``StructureMatcher(stol=0.5,
    angle_tol=10, ltol=0.3)``, SMACT + distance validity as CDVAE/DiffCSP): over every sample
    that parses (the reference benchmark's protocol) and over the samples passing all checks
    (what ``generate`` returns);
@@ -49,7 +49,7 @@ def _load(path: Path, n: int, seed: int) -> tuple[list[str], list[str]]:
 def _csp(samples: list[list[Any]], refs: list[Any], ids: list[str], k: int) -> dict[str, Any]:
     """Match rate / RMSE over all ``len(refs)`` test structures; a structure matches when any of its
     kept samples (at most ``k``, the ones that parsed or passed the checks) matches."""
-    from crystal.metrics.csp import csp_metrics
+    from crystal_metrics.csp import csp_metrics
 
     if not any(samples):
         return {"k": k, "match_rate": 0.0, "rmse": None, "num_matched": 0, "note": "no sample to match"}

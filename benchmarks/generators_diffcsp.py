@@ -2,7 +2,7 @@
 
 For the first ``--limit`` structures of ``--data`` (the test CSV), DiffCSP predicts a structure
 for the composition of each (the test cell's atoms, in its order), ``--k`` samples per test
-structure, and ``crystal.metrics.csp_metrics`` reports match rate and RMSE with
+structure, and ``crystal_metrics.csp_metrics`` reports match rate and RMSE with
 ``StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)`` (valid samples only, as the papers).
 k = 1 uses every structure of the subset; k = 20 (``--k20-limit``) a smaller prefix of it.
 Sampling time and throughput (structures/s) are measured around the batched sampler.
@@ -31,7 +31,7 @@ def _structures(batch: Any) -> list[Any]:
 def run_ab_initio(args: argparse.Namespace) -> dict[str, Any]:
     """Ab initio generation: ``--gen-samples`` crystals, generation metrics against the test subset."""
     from crystal.io import read_structures
-    from crystal.metrics import generation_metrics
+    from crystal_metrics import generation_metrics
     from crystal_diffcsp.generator import DiffCSPGenerator
 
     torch.set_num_threads(args.threads)
@@ -63,7 +63,7 @@ def run_ab_initio(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from crystal.batch import CrystalBatch
     from crystal.io import read_structures
-    from crystal.metrics import csp_metrics
+    from crystal_metrics import csp_metrics
     from crystal_diffcsp.generator import DiffCSPGenerator
 
     torch.set_num_threads(args.threads)

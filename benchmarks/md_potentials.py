@@ -8,9 +8,9 @@ initial velocities with velocity Verlet (``--timestep`` fs, default 1):
                with CHGNet 0.3.0, the plugin's default weights; ``sevenn.calculator.
                SevenNetCalculator("7net-0")``, the plugin's default ``sevennet-0``) driven by
                ``ase.md.verlet.VelocityVerlet``, one structure at a time;
-2. ``calc``    ``crystal.CrystalCalculator(potential)`` driven by the same ASE
+2. ``calc``    ``crystal_sim.calculator.CrystalCalculator(potential)`` driven by the same ASE
                ``VelocityVerlet``, one structure at a time (overhead vs 1; goal <= 5 %);
-3. ``run_md``  crystal's batched ``crystal.md.run_md`` on all structures of the case at once
+3. ``run_md``  crystal's batched ``crystal_sim.md.run_md`` on all structures of the case at once
                (speed-up vs 1).
 
 Cases: ``64`` (one rattled 64-atom Si diamond cell), ``512`` (one rattled 512-atom Si diamond
@@ -145,12 +145,12 @@ def run_ase(structures: list, make_calc, timestep: float, warmup: int, steps: in
 
 
 def run_batched(structures: list, potential, timestep: float, warmup: int, steps: int) -> tuple[float, np.ndarray]:
-    """crystal.md.run_md on all structures at once; (seconds of the last ``steps`` steps, final energies eV)."""
+    """crystal_sim.md.run_md on all structures at once; (seconds of the last ``steps`` steps, final energies eV)."""
     import torch
     from ase import units
 
     from crystal.batch import CrystalBatch
-    from crystal.md import run_md
+    from crystal_sim.md import run_md
 
     batch = CrystalBatch.from_atoms(structures)
     velocities = torch.as_tensor(np.concatenate([a.get_velocities() for a in structures]) * units.fs)  # Å/fs
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from crystal.calculator import CrystalCalculator
+    from crystal_sim.calculator import CrystalCalculator
 
     torch.set_num_threads(args.threads)
     skip = {s.lower() for s in args.skip}

@@ -8,7 +8,7 @@ Usage::
 
 For each element: ``train.xyz`` (official split) is split 90/10 into train/validation
 (seed 0) for model selection; the model is trained with crystal's potential engine
-(``crystal.training.potential.train_potential``: E0s by least squares, weighted
+(``crystal_train.potential.train_potential``: E0s by least squares, weighted
 energy/force loss, EMA, plateau LR) and evaluated on the official ``test.xyz``. Printed
 per element as soon as it finishes: test energy MAE (meV/atom), force MAE (eV/Å), the
 published GAP and MTP test MAEs (Zuo et al., J. Phys. Chem. A 124, 731 (2020)), epochs and
@@ -53,7 +53,7 @@ def main() -> int:
         print(f"error: mlearn data not found at {DATA} (../shared/data/mlearn)", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    from crystal.training.potential import train_potential
+    from crystal_train.potential import train_potential
 
     model, fit = {}, {}
     for items, table in ((args.config, model), (args.fit, fit)):

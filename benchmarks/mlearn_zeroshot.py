@@ -64,7 +64,7 @@ def main() -> int:
 
     from crystal import load
     from crystal.targets import TargetSpec
-    from crystal.training import read_labelled
+    from crystal_train import read_labelled
 
     specs = [TargetSpec(name="energy", unit="eV"), TargetSpec(name="forces", level="atom", dim=3, unit="eV/Å")]
     print(

@@ -1,4 +1,4 @@
-"""Benchmark (1): batched relaxation with core's ``crystal.relax.relax`` + the CHGNet plugin
+"""Benchmark (1): batched relaxation with core's ``crystal_sim.relax.relax`` + the CHGNet plugin
 versus CHGNet's own ``StructOptimizer`` (ASE FIRE + FrechetCellFilter), one structure at a time.
 
 Structures: ``--n`` rows of ``<data>/perov_5/test.csv`` and ``<data>/carbon_24/test.csv``
@@ -70,7 +70,7 @@ def run_batched(structures, names, args):
     import torch
 
     from crystal.batch import CrystalBatch
-    from crystal.relax import relax
+    from crystal_sim.relax import relax
     from crystal_chgnet.potential import CHGNetPotential
 
     pot = CHGNetPotential(device="cpu", batch_size=args.batch_size)
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_b, e_b, steps_b, conv_b, prof, _ = run_batched(structures, names, args)
     print(
-        f"batched  crystal.relax + CHGNetPotential: {t_b:8.2f} s  converged {int(conv_b.sum())}/{len(conv_b)}  "
+        f"batched  crystal_sim.relax + CHGNetPotential: {t_b:8.2f} s  converged {int(conv_b.sum())}/{len(conv_b)}  "
         f"steps median {int(np.median(steps_b))}, max {int(steps_b.max())}, total {int(steps_b.sum())}"
     )
     if args.profile:

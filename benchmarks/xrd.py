@@ -28,7 +28,7 @@ import torch
 
 from crystal import CrystalBatch
 from crystal.io import read_structures
-from crystal.xrd import simulate
+from crystal_xrd import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"

@@ -1,24 +1,11 @@
+"""Fixtures shared by every tests folder live in ``tests/support.py``."""
+
 from __future__ import annotations
 
-from pathlib import Path
+from support import pmg_structures, shared_data, skip_gpu_tests_without_cuda
 
-import pytest
-from support import SHARED
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"reference data not found at {SHARED} (../shared/data is absent on this machine)")
-    return SHARED
+__all__ = ["pmg_structures", "shared_data"]
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+    skip_gpu_tests_without_cuda(items)

@@ -52,7 +52,9 @@ def _pipeline(tmp_path, body: str):
 
 
 def test_validate_errors_exit_2_with_file_step_and_field(tmp_path):
-    p = _pipeline(tmp_path, """
+    p = _pipeline(
+        tmp_path,
+        """
 [source]
 type = "dataset"
 name = "dcdft"
@@ -62,7 +64,8 @@ id = "relax"
 type = "relax"
 potential = "chgnet"
 fmax = "tight"
-""")
+""",
+    )
     r = crystal_cli("validate", str(p))
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and str(p) in r.stderr
@@ -95,7 +98,9 @@ def test_default_pipeline_validates():
 
 
 def test_run_metrics_pipeline_quiet_and_resume_guard(tmp_path):
-    p = _pipeline(tmp_path, """
+    p = _pipeline(
+        tmp_path,
+        """
 [pipeline]
 name = "dens"
 
@@ -112,7 +117,8 @@ names = ["density"]
 [[sinks]]
 type = "csv"
 path = "summary.csv"
-""")
+""",
+    )
     out = tmp_path / "run"
     r = crystal_cli("run", str(p), "--run-dir", str(out), "--quiet")
     assert r.returncode == 0, r.stderr
@@ -165,8 +171,9 @@ def _check_default_run(out, n):
 
 def test_default_pipeline_small(tmp_path):
     out = tmp_path / "run"
-    r = crystal_cli("run", "--set", "source.num_samples=3", "--set", "relax.max_steps=10",
-                    "--run-dir", str(out), "--quiet")
+    r = crystal_cli(
+        "run", "--set", "source.num_samples=3", "--set", "relax.max_steps=10", "--run-dir", str(out), "--quiet"
+    )
     assert r.returncode == 0, r.stderr
     _check_default_run(out, 3)
 
@@ -196,13 +203,29 @@ def test_ctrl_c_then_resume(tmp_path):
     from pathlib import Path
 
     out = tmp_path / "run"
-    args = ["run", "--set", "source.num_samples=6", "--set", "pipeline.chunk_size=2", "--set", "relax.max_steps=60",
-            "--run-dir", str(out), "--quiet"]
+    args = [
+        "run",
+        "--set",
+        "source.num_samples=6",
+        "--set",
+        "pipeline.chunk_size=2",
+        "--set",
+        "relax.max_steps=60",
+        "--run-dir",
+        str(out),
+        "--quiet",
+    ]
     exe = str(Path(sys.executable).with_name("crystal"))
     # a child inherits an *ignored* SIGINT from a background/nohup parent (as under CI), and
     # Python then never raises KeyboardInterrupt: restore the default disposition for the child
-    proc = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [exe, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 240
     while not (out / ".state" / "stage00-chunk00000.pt").exists():
         assert proc.poll() is None, proc.communicate()
@@ -228,17 +251,43 @@ def test_predict_shortcut_with_published_cgcnn_checkpoint(tmp_path, shared_data)
 
     sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     out = tmp_path / "run"
-    r = crystal_cli("predict", str(cg / "sample-regression" / "*.cif"), "-e", "cgcnn",
-                    "-c", f"checkpoint='{ckpt}'", "-c", f"sha256='{sha}'",
-                    "-c", f"atom_init='{cg / 'sample-regression' / 'atom_init.json'}'",
-                    "-c", "target='formation_energy_per_atom'", "--run-dir", str(out), "--quiet")
+    r = crystal_cli(
+        "predict",
+        str(cg / "sample-regression" / "*.cif"),
+        "-e",
+        "cgcnn",
+        "-c",
+        f"checkpoint='{ckpt}'",
+        "-c",
+        f"sha256='{sha}'",
+        "-c",
+        f"atom_init='{cg / 'sample-regression' / 'atom_init.json'}'",
+        "-c",
+        "target='formation_energy_per_atom'",
+        "--run-dir",
+        str(out),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
-    got = {row["id"]: float(row["formation_energy_per_atom"]) for row in csv.DictReader((out / "predictions.csv").open())}
-    golden = {row["cif_id"]: float(row["prediction"]) for row in csv.DictReader((cg / "golden" / "formation-energy-per-atom.csv").open())}
+    got = {
+        row["id"]: float(row["formation_energy_per_atom"]) for row in csv.DictReader((out / "predictions.csv").open())
+    }
+    golden = {
+        row["cif_id"]: float(row["prediction"])
+        for row in csv.DictReader((cg / "golden" / "formation-energy-per-atom.csv").open())
+    }
     assert got.keys() == golden.keys()
     assert max(abs(got[k] - golden[k]) for k in golden) < 1e-4
-    r = crystal_cli("predict", str(cg / "sample-regression" / "*.cif"), "-e", "cgcnn", "-c", "bogus=1",
-                    "--run-dir", str(tmp_path / "bad"))
+    r = crystal_cli(
+        "predict",
+        str(cg / "sample-regression" / "*.cif"),
+        "-e",
+        "cgcnn",
+        "-c",
+        "bogus=1",
+        "--run-dir",
+        str(tmp_path / "bad"),
+    )
     assert r.returncode == 2 and "bogus" in r.stderr
 
 
@@ -255,8 +304,24 @@ def test_md_command_writes_trajectory_and_energies(tmp_path):
 
     write(tmp_path / "in.extxyz", [bulk("Si", "diamond", a=5.43), bulk("Cu", "fcc", a=3.6) * (2, 1, 1)])
     out = tmp_path / "md"
-    r = crystal_cli("md", str(tmp_path / "in.extxyz"), "-p", "chgnet", "--steps", "10", "--timestep", "1",
-                    "--temperature", "300", "--log-every", "5", "--device", "cpu", "-o", str(out))
+    r = crystal_cli(
+        "md",
+        str(tmp_path / "in.extxyz"),
+        "-p",
+        "chgnet",
+        "--steps",
+        "10",
+        "--timestep",
+        "1",
+        "--temperature",
+        "300",
+        "--log-every",
+        "5",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert "NVE energy drift" in r.stdout
     rows = list(csv.DictReader((out / "energies.csv").open()))

@@ -27,7 +27,7 @@ def test_csp_on_perov5_structures(shared_data, tmp_path):
     from pymatgen.core import Structure
 
     from crystal.io import write_structures
-    from crystal.metrics import csp_metrics
+    from crystal_metrics import csp_metrics
 
     rows, ref = _perov_subset(shared_data, tmp_path, 3)
     tests = [Structure.from_str(r["cif"], fmt="cif") for r in rows]
@@ -42,8 +42,21 @@ def test_csp_on_perov5_structures(shared_data, tmp_path):
     write_structures(samples, gen, "extxyz", ids=ids)
 
     out = tmp_path / "csp.json"
-    r = crystal_cli("evaluate", str(gen), "--task", "csp", "--reference", str(ref), "--k", "1", "--k", "2",
-                    "-o", str(out), cwd=tmp_path)
+    r = crystal_cli(
+        "evaluate",
+        str(gen),
+        "--task",
+        "csp",
+        "--reference",
+        str(ref),
+        "--k",
+        "1",
+        "--k",
+        "2",
+        "-o",
+        str(out),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "match rate (k=1)" in r.stdout and "RMSE (k=2)" in r.stdout
     report = json.loads(out.read_text())
@@ -60,8 +73,22 @@ def test_csp_on_perov5_structures(shared_data, tmp_path):
 def test_generation_on_perov5_structures(shared_data, tmp_path):
     _, ref = _perov_subset(shared_data, tmp_path, 4)
     out = tmp_path / "gen.json"
-    r = crystal_cli("evaluate", str(ref), "--task", "generation", "--reference", str(ref), "--dataset", "perov_5",
-                    "--train", str(ref), "-o", str(out), "-q", cwd=tmp_path)
+    r = crystal_cli(
+        "evaluate",
+        str(ref),
+        "--task",
+        "generation",
+        "--reference",
+        str(ref),
+        "--dataset",
+        "perov_5",
+        "--train",
+        str(ref),
+        "-o",
+        str(out),
+        "-q",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
     g = json.loads(out.read_text())["generation"]
@@ -80,8 +107,10 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path):
         (["evaluate", str(good), "--task", "csp"], "--reference is required"),
         (["evaluate", str(good), "--reference", str(good), "--sun"], "--sun needs --potential"),
         (["evaluate", str(good), "--reference", str(good), "--k", "20"], "--k cannot be used with --task generation"),
-        (["evaluate", str(good), "--task", "csp", "--reference", str(good), "--dataset", "perov_5"],
-         "--dataset cannot be used with --task csp"),
+        (
+            ["evaluate", str(good), "--task", "csp", "--reference", str(good), "--dataset", "perov_5"],
+            "--dataset cannot be used with --task csp",
+        ),
         (["evaluate", str(good), "--reference", str(good), "--fmax", "0.05"], "--fmax: only used with --sun"),
         (["evaluate", str(good), "--task", "csp", "--reference", str(good)], "no readable structure"),
     ]

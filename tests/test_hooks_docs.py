@@ -39,11 +39,7 @@ SPEC_ATTR = f"{hookspecs.PROJECT}_spec"  # set by pluggy.HookspecMarker("crystal
 
 # ============================================================================ meta-tests
 def _hookspecs() -> dict[str, Any]:
-    return {
-        name: fn
-        for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
-        if hasattr(fn, SPEC_ATTR)
-    }
+    return {name: fn for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, SPEC_ATTR)}
 
 
 HOOKS = sorted(_hookspecs())
@@ -211,8 +207,8 @@ def test_hook_register_commands(capsys):
 
 
 def test_hook_register_datasets(tmp_path):
-    from crystal.pipeline import run_pipeline
     from crystal.registries import DatasetSpec, datasets
+    from crystal_pipeline import run_pipeline
 
     calls: list[int | None] = []
 
@@ -247,8 +243,9 @@ def test_hook_register_datasets(tmp_path):
             def register_datasets(self, register):
                 register(DatasetSpec(name="hooks-test-bulk", description="again", load=load))
 
-        with registered(Duplicate(), "test-register-datasets-duplicate"), pytest.raises(
-            ConfigError, match="registered twice"
+        with (
+            registered(Duplicate(), "test-register-datasets-duplicate"),
+            pytest.raises(ConfigError, match="registered twice"),
         ):
             datasets()
 
@@ -260,8 +257,8 @@ def test_hook_register_datasets(tmp_path):
 def test_hook_register_metrics(tmp_path):
     import torch
 
-    from crystal.pipeline import run_pipeline
     from crystal.registries import MetricSpec, metrics
+    from crystal_pipeline import run_pipeline
 
     def heaviest(batch):
         out = torch.zeros(len(batch), dtype=batch.dtype, device=batch.device)
@@ -321,7 +318,7 @@ def test_hook_register_metrics(tmp_path):
 
 def test_hook_pipeline_event(tmp_path, caplog):
     from crystal.events import PipelineEvent
-    from crystal.pipeline import run_pipeline
+    from crystal_pipeline import run_pipeline
 
     seen: list[PipelineEvent] = []
     raised: list[str] = []
@@ -342,7 +339,7 @@ def test_hook_pipeline_event(tmp_path, caplog):
     with (
         registered(Broken(), "test-pipeline-event-broken"),
         registered(Recorder(), "test-pipeline-event-recorder"),
-        caplog.at_level(logging.WARNING, logger="crystal.pipeline"),
+        caplog.at_level(logging.WARNING, logger="crystal_pipeline"),
     ):
         result = run_pipeline(
             {

@@ -16,7 +16,11 @@ def test_plugins_list_imports_no_torch_and_no_plugin_code():
         "import sys; from crystal_cli.main import main; sys.argv=['crystal','plugins','list']; main(['plugins','list'])"
     )
     assert "torch" not in mods
-    heavy = {m for m in mods if m.split(".")[0] in {"torch", "pymatgen", "ase", "chgnet", "pyxtal", "crystal_chgnet", "crystal_pyxtal"}}
+    heavy = {
+        m
+        for m in mods
+        if m.split(".")[0] in {"torch", "pymatgen", "ase", "chgnet", "pyxtal", "crystal_chgnet", "crystal_pyxtal"}
+    }
     assert not heavy, sorted(heavy)[:10]
 
 

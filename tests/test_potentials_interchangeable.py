@@ -15,10 +15,10 @@ from pymatgen.io.cif import CifWriter
 
 import crystal
 from crystal.batch import CrystalBatch
-from crystal.calculator import CrystalCalculator
-from crystal.md import run_md
-from crystal.pipeline import run_pipeline
-from crystal.relax import relax
+from crystal_pipeline import run_pipeline
+from crystal_sim.calculator import CrystalCalculator
+from crystal_sim.md import run_md
+from crystal_sim.relax import relax
 
 #: (plugin, config): pretrained weights where the plugin ships them; MACE with its shipped Si model
 POTENTIALS = [

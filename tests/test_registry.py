@@ -30,7 +30,9 @@ def test_registry_matches_installed_entry_points():
         for ep in dist.entry_points:
             if ep.group.startswith("crystal."):
                 installed.setdefault(ep.group, {})[ep.name] = ep.value
-        assert installed == plugin["entry_points"], f"{plugin['distribution']}: registry.toml drifted from its entry points"
+        assert installed == plugin["entry_points"], (
+            f"{plugin['distribution']}: registry.toml drifted from its entry points"
+        )
         kind_group = f"crystal.{plugin['kind']}s"
         assert plugin["name"] in installed[kind_group]
 

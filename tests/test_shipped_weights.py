@@ -30,7 +30,7 @@ def _encoder_weights() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("encoder", "weights"), _encoder_weights())
 def test_shipped_encoder_weights_beat_the_mean(encoder, weights, shared_data):
     from crystal import load
-    from crystal.training import evaluate, read_labelled
+    from crystal_train import evaluate, read_labelled
 
     entry = list_weights()[weights][1]
     dataset = next((d for name, d in DATASETS.items() if entry.training_data.startswith(name)), None)
@@ -67,8 +67,8 @@ def test_shipped_potential_weights_reproduce_their_test_metrics(potential, weigh
 
     from crystal import load
     from crystal.targets import TargetSpec
-    from crystal.training import read_labelled
-    from crystal.training.potential import evaluate_potential
+    from crystal_train import read_labelled
+    from crystal_train.potential import evaluate_potential
 
     entry = list_weights()[weights][1]
     assert entry.training_data.startswith("mlearn"), entry.training_data

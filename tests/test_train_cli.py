@@ -210,8 +210,9 @@ def test_two_process_ddp_on_cpu(tmp_path: Path, small_csv: Path) -> None:
 def test_predict_with_named_weights_records_them(tmp_path: Path, small_csv: Path) -> None:
     """`crystal predict --weights` (the pipeline's predict step) with shipped weights."""
     out = tmp_path / "pred"
-    r = crystal_cli("predict", str(small_csv), "-e", "cgcnn", "--weights", "cgcnn-perov5-heat-ref",
-                    "--run-dir", str(out), "--quiet")
+    r = crystal_cli(
+        "predict", str(small_csv), "-e", "cgcnn", "--weights", "cgcnn-perov5-heat-ref", "--run-dir", str(out), "--quiet"
+    )
     assert r.returncode == 0, r.stderr
     rows = _read(out / "predictions.csv")
     assert len(rows) == 40 and all(row["heat_ref"] for row in rows)
@@ -223,7 +224,9 @@ def test_predict_with_named_weights_records_them(tmp_path: Path, small_csv: Path
     (plugin,) = [p for p in manifest["plugins"] if p["name"] == "cgcnn"]
     assert plugin["weights"][0]["name"] == "cgcnn-perov5-heat-ref" and len(plugin["weights"][0]["sha256"]) == 64
     assert plugin["checkpoint_sha256"] == plugin["weights"][0]["sha256"]
-    r = crystal_cli("predict", str(small_csv), "-e", "cgcnn", "--weights", "cgcnn-perov5-heat", "--run-dir", str(tmp_path / "x"))
+    r = crystal_cli(
+        "predict", str(small_csv), "-e", "cgcnn", "--weights", "cgcnn-perov5-heat", "--run-dir", str(tmp_path / "x")
+    )
     assert r.returncode == 2 and "did you mean 'cgcnn-perov5-heat-ref'" in r.stderr
 
 
@@ -238,12 +241,43 @@ def test_megnet_trains_with_a_temperature_state_input(tmp_path: Path, small_csv:
         w.writeheader()
         w.writerows(rows)
     out = tmp_path / "run"
-    r = crystal_cli("train", "-e", "megnet", "--train", str(data), "-t", "heat_ref", "--epochs", "1",
-                    "--batch-size", "4", "-c", "state_inputs=['temperature']",
-                    "--set", "data.inputs=['temperature']", "-o", str(out), "--quiet")
+    r = crystal_cli(
+        "train",
+        "-e",
+        "megnet",
+        "--train",
+        str(data),
+        "-t",
+        "heat_ref",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "-c",
+        "state_inputs=['temperature']",
+        "--set",
+        "data.inputs=['temperature']",
+        "-o",
+        str(out),
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     (failure,) = _read(out / "failures.csv")
     assert failure["id"] == rows[3]["material_id"] and "input 'temperature'" in failure["reason"]
-    r = crystal_cli("train", "-e", "megnet", "--train", str(data), "-t", "heat_ref", "--epochs", "1",
-                    "-c", "state_inputs=['temperature']", "-o", str(tmp_path / "no-input"), "--quiet")
+    r = crystal_cli(
+        "train",
+        "-e",
+        "megnet",
+        "--train",
+        str(data),
+        "-t",
+        "heat_ref",
+        "--epochs",
+        "1",
+        "-c",
+        "state_inputs=['temperature']",
+        "-o",
+        str(tmp_path / "no-input"),
+        "--quiet",
+    )
     assert r.returncode != 0 and "temperature" in r.stderr  # declared state input, no data for it

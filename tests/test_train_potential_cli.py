@@ -33,9 +33,21 @@ def test_train_relax_finetune_and_errors(tmp_path):
     write(tmp_path / "test.xyz", _frames(3, 1), format="extxyz")
     run = tmp_path / "run"
     r = crystal_cli(
-        "train-potential", "--potential", "mace", "--train", str(tmp_path / "train.xyz"),
-        "--test", str(tmp_path / "test.xyz"), *TINY, "--epochs", "2", "--set", "fit.batch_size=4",
-        "-o", str(run), "-q",
+        "train-potential",
+        "--potential",
+        "mace",
+        "--train",
+        str(tmp_path / "train.xyz"),
+        "--test",
+        str(tmp_path / "test.xyz"),
+        *TINY,
+        "--epochs",
+        "2",
+        "--set",
+        "fit.batch_size=4",
+        "-o",
+        str(run),
+        "-q",
     )
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "summary.json").read_text())
@@ -45,16 +57,33 @@ def test_train_relax_finetune_and_errors(tmp_path):
     # the checkpoint is a potential like any other: relax with it from the CLI
     write(tmp_path / "cu.cif", _frames(1, 2)[0], format="cif")
     r = crystal_cli(
-        "relax", str(tmp_path / "cu.cif"), "--potential", "mace", "-c", f"checkpoint='{run / 'model.pt'}'",
-        "-o", str(tmp_path / "relaxed"),
+        "relax",
+        str(tmp_path / "cu.cif"),
+        "--potential",
+        "mace",
+        "-c",
+        f"checkpoint='{run / 'model.pt'}'",
+        "-o",
+        str(tmp_path / "relaxed"),
     )
     assert r.returncode == 0, r.stderr
 
     # fine-tuning keeps the architecture of the checkpoint
     r = crystal_cli(
-        "train-potential", "--potential", "mace", "--init", str(run / "model.pt"),
-        "--train", str(tmp_path / "train.xyz"), "--epochs", "1", "--set", "fit.batch_size=4",
-        "-o", str(tmp_path / "ft"), "-q",
+        "train-potential",
+        "--potential",
+        "mace",
+        "--init",
+        str(run / "model.pt"),
+        "--train",
+        str(tmp_path / "train.xyz"),
+        "--epochs",
+        "1",
+        "--set",
+        "fit.batch_size=4",
+        "-o",
+        str(tmp_path / "ft"),
+        "-q",
     )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "ft" / "summary.json").read_text())["init"] == str(run / "model.pt")
@@ -62,26 +91,53 @@ def test_train_relax_finetune_and_errors(tmp_path):
     # fine-tuning on elements the model does not cover is refused, naming them
     write(tmp_path / "ni.xyz", _frames(2, 3, "Ni"), format="extxyz")
     r = crystal_cli(
-        "train-potential", "--potential", "mace", "--init", str(run / "model.pt"),
-        "--train", str(tmp_path / "ni.xyz"), "-o", str(tmp_path / "ft2"), "-q",
+        "train-potential",
+        "--potential",
+        "mace",
+        "--init",
+        str(run / "model.pt"),
+        "--train",
+        str(tmp_path / "ni.xyz"),
+        "-o",
+        str(tmp_path / "ft2"),
+        "-q",
     )
     assert r.returncode != 0 and "Ni" in r.stderr and "outside the model's elements" in r.stderr
 
     # bad configuration names the field; a missing file names the file
-    r = crystal_cli("train-potential", "--potential", "mace", "--train", str(tmp_path / "train.xyz"),
-                    "--set", "fit.epochz=3", "-o", str(tmp_path / "x"))
+    r = crystal_cli(
+        "train-potential",
+        "--potential",
+        "mace",
+        "--train",
+        str(tmp_path / "train.xyz"),
+        "--set",
+        "fit.epochz=3",
+        "-o",
+        str(tmp_path / "x"),
+    )
     assert r.returncode != 0 and "fit.epochz" in r.stderr
     r = crystal_cli("train-potential", str(tmp_path / "nope.toml"))
     assert r.returncode != 0 and "nope.toml" in r.stderr
-    r = crystal_cli("train-potential", "--potential", "cgcnn", "--train", str(tmp_path / "train.xyz"),
-                    "-o", str(tmp_path / "y"))
+    r = crystal_cli(
+        "train-potential", "--potential", "cgcnn", "--train", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "y")
+    )
     assert r.returncode != 0 and "no potential plugin named 'cgcnn'" in r.stderr
 
 
 def test_bad_runs_fail_fast_naming_the_problem(tmp_path):
     write(tmp_path / "train.xyz", _frames(2, 0), format="extxyz")
-    r = crystal_cli("train-potential", "--potential", "mace", "--train", str(tmp_path / "train.xyz"),
-                    "--set", "fit.epochz=3", "-o", str(tmp_path / "x"))
+    r = crystal_cli(
+        "train-potential",
+        "--potential",
+        "mace",
+        "--train",
+        str(tmp_path / "train.xyz"),
+        "--set",
+        "fit.epochz=3",
+        "-o",
+        str(tmp_path / "x"),
+    )
     assert r.returncode != 0 and "fit.epochz" in r.stderr
     r = crystal_cli("train-potential", str(tmp_path / "nope.toml"))
     assert r.returncode != 0 and "nope.toml" in r.stderr

@@ -23,7 +23,7 @@ import crystal.weights
 from crystal.batch import CrystalBatch
 from crystal.errors import ConfigError, StructureError, WeightsError
 from crystal.manifest import locate_manifest, read_manifest
-from crystal.relax import relax
+from crystal_sim.relax import relax
 from crystal.testing import (
     assert_equivariant_forces,
     assert_forces_match_finite_differences,

@@ -205,7 +205,7 @@ def test_train_potential_end_to_end(tmp_path) -> None:
     """core's training loop on LJ-labelled Cu cells: runs, writes a checkpoint that reloads identically."""
     from ase.io import write
 
-    from crystal.training.potential import train_potential
+    from crystal_train.potential import train_potential
 
     data = _lj_cells(12)
     atoms = data.to_atoms()
@@ -236,7 +236,7 @@ def test_nve_energy_drift_is_small_with_shipped_si_weights() -> None:
     """Velocity Verlet with the trained Si model (run in float64): total energy is conserved."""
     from ase.build import bulk
 
-    from crystal.md import run_md
+    from crystal_sim.md import run_md
 
     pot = MACEPotential(weights="mace-mlearn-si", dtype="float64", device="cpu")
     atoms = bulk("Si", "diamond", a=5.43, cubic=True)

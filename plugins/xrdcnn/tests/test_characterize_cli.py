@@ -11,7 +11,7 @@ import torch
 from pymatgen.io.cif import CifWriter
 
 from crystal.batch import CrystalBatch
-from crystal.xrd import simulate, write_pattern
+from crystal_xrd import simulate, write_pattern
 from crystal_xrdcnn.characterizer import save_checkpoint
 from crystal_xrdcnn.labels import head_labels
 from crystal_xrdcnn.model import XRDCNN, NetConfig
@@ -94,7 +94,7 @@ def test_cli_malformed_pattern_is_a_clear_error(files: dict[str, Path], capsys: 
 
 
 def test_pipeline_characterize_step_on_structures(files: dict[str, Path], checkpoint: Path, tmp_path: Path) -> None:
-    from crystal.pipeline import run_pipeline
+    from crystal_pipeline import run_pipeline
 
     data = {
         "source": {"type": "files", "paths": [str(files["nacl"]), str(files["rutile"])]},

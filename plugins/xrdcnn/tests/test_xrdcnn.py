@@ -83,7 +83,7 @@ AUG = {"shift": 0.05, "strain": 0.005, "fwhm_range": (0.08, 0.2), "noise": 0.005
 
 def test_classifier_learns_a_tiny_set_and_beats_chance(tiny_batches) -> None:
     """The network's own loss, 50 Adam steps on 96 patterns of 4 crystal systems (fast)."""
-    from crystal.xrd import XRDConfig
+    from crystal_xrd import XRDConfig
     from crystal_xrdcnn.train import simulate_targets
 
     train, test = tiny_batches
@@ -111,7 +111,7 @@ def test_classifier_learns_a_tiny_set_and_beats_chance(tiny_batches) -> None:
 @pytest.mark.slow
 def test_training_recipe_with_fit_model_beats_chance(tiny_batches, tmp_path: Path) -> None:
     """``crystal_xrdcnn.train.fit`` (shared loop, on-the-fly augmented simulation) on the tiny set."""
-    from crystal.xrd import XRDConfig
+    from crystal_xrd import XRDConfig
     from crystal_xrdcnn.train import fit, simulate_targets
 
     train, test = tiny_batches
@@ -174,7 +174,7 @@ def _shipped() -> XRDCNNCharacterizer:
 
 
 def test_shipped_weights_load_and_classify_textbook_structures(textbook) -> None:
-    from crystal.xrd import simulate
+    from crystal_xrd import simulate
 
     comp = _shipped()
     assert comp.checkpoint_sha256 is not None and comp.weights_in_use() == ("xrdcnn-pyxtal230",)

@@ -1,4 +1,4 @@
-"""Train a CrystaLLM model on a CDVAE-style CSV (column ``cif``) with :func:`crystal.training.loop.fit_model`.
+"""Train a CrystaLLM model on a CDVAE-style CSV (column ``cif``) with :func:`crystal_train.loop.fit_model`.
 
 Data: every CIF is canonicalised (:func:`crystal_crystallm.canonical.canonical_cif`) and
 tokenised; each becomes one row of a right-padded ``(N, L)`` id tensor starting at ``data_``
@@ -130,7 +130,7 @@ def train(
 
     ``init``: continue from a checkpoint's weights (its architecture replaces ``gpt``).
     """
-    from crystal.training.loop import FitConfig, fit_model
+    from crystal_train.loop import FitConfig, fit_model
 
     prior: dict[str, Any] = {}
     if init is not None:

@@ -1,4 +1,4 @@
-"""Train DiffCSP with crystal's shared loop (:func:`crystal.training.loop.fit_model`).
+"""Train DiffCSP with crystal's shared loop (:func:`crystal_train.loop.fit_model`).
 
 Example (the recipe of the shipped ``diffcsp-perov5-csp`` weights)::
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from crystal.training.loop import FitConfig, fit_model
+from crystal_train.loop import FitConfig, fit_model
 from crystal.weights import sha256sum
 from crystal_diffcsp.checkpoint import save_checkpoint
 from crystal_diffcsp.data import load_training_data

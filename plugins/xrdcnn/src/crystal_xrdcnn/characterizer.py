@@ -121,7 +121,7 @@ class XRDCNNCharacterizer(Characterizer):
         elif cfg.checkpoint is not None:
             net, xrd, self.metadata, self.checkpoint_sha256 = load_checkpoint(cfg.checkpoint, cfg.sha256)
         else:
-            from crystal.xrd import XRDConfig
+            from crystal_xrd import XRDConfig
 
             torch.manual_seed(cfg.seed)
             net = XRDCNN(NetConfig(input_points=XRDConfig().num_points))
@@ -169,9 +169,9 @@ class XRDCNNCharacterizer(Characterizer):
         return head_labels(head)
 
     def characterize_pattern(self, pattern: Any) -> dict[str, torch.Tensor]:
-        """Classify a measured pattern (:class:`crystal.xrd.MeasuredPattern`): resampled onto the grid first."""
-        from crystal.xrd import make_config, resample
-        from crystal.xrd.profile import grid
+        """Classify a measured pattern (:class:`crystal_xrd.MeasuredPattern`): resampled onto the grid first."""
+        from crystal_xrd import make_config, resample
+        from crystal_xrd.profile import grid
 
         cfg = make_config(self._xrd)
         xs = grid(cfg.two_theta_min, cfg.step, cfg.num_points, dtype=torch.float32, device=self.device)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from crystal.batch import CrystalBatch
-from crystal.xrd import XRDConfig, simulate
+from crystal_xrd import XRDConfig, simulate
 from crystal_xrdcnn.labels import HEADS, head_labels, label_batch, targets_from_space_groups
 
 __all__ = ["accuracy", "evaluate_sets", "main", "plot_confusion"]

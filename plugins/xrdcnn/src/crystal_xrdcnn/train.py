@@ -1,4 +1,4 @@
-"""Training of the XRD classifier with the shared loop (:func:`crystal.training.loop.fit_model`).
+"""Training of the XRD classifier with the shared loop (:func:`crystal_train.loop.fit_model`).
 
 ``python -m crystal_xrdcnn.train --data runs/xrdcnn/train.pt --out runs/xrdcnn/model.pt``
 
@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from crystal.batch import CrystalBatch
-from crystal.xrd import XRDConfig, simulate
+from crystal_xrd import XRDConfig, simulate
 from crystal_xrdcnn.labels import HEADS, targets_from_space_groups
 from crystal_xrdcnn.model import XRDCNN, NetConfig
 
 __all__ = ["TRAIN_AUGMENT", "PatternData", "fit", "main", "simulate_targets"]
 
-#: augmentation of training (and validation) patterns; see crystal.xrd.XRDAugment
+#: augmentation of training (and validation) patterns; see crystal_xrd.XRDAugment
 TRAIN_AUGMENT: dict[str, Any] = {
     "shift": 0.1,
     "strain": 0.01,
@@ -97,7 +97,7 @@ def fit(
 
     ``grid`` overrides the xrd representation's wavelength / 2θ range / step (default: its defaults).
     """
-    from crystal.training.loop import FitConfig, fit_model
+    from crystal_train.loop import FitConfig, fit_model
 
     # peaks below 0.1 % of the strongest are dropped in training (invisible under the 1 % noise; saves time)
     xrd = XRDConfig(augment=TRAIN_AUGMENT if augment is None else augment, min_intensity=1e-3, **(grid or {}))

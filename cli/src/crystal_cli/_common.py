@@ -1,0 +1,137 @@
+"""What several commands share: ``KEY=VALUE`` options, running a pipeline with progress bars, the summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from crystal.errors import ConfigError
+
+
+def run_interruptible(p: Any, run_dir: Path | None, listeners: list[Any], **kwargs: Any) -> Any:
+    """Run ``p``; on Ctrl-C say how to resume and exit 130 (checkpoints are kept)."""
+    try:
+        return p.run(run_dir, listeners=listeners, **kwargs)
+    except KeyboardInterrupt:
+        for listener in listeners:
+            listener.close()  # stop progress bars before printing
+        where = f"--run-dir {run_dir} " if run_dir else "--run-dir <the run directory> "
+        typer.echo(
+            f"interrupted; finished chunks are checkpointed: continue with `crystal run ... {where}--resume`", err=True
+        )
+        raise typer.Exit(130) from None
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def print_summary(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    counts = result.manifest.get("counts", {})
+    console.print(
+        f"[bold]{counts.get('inputs', 0)}[/] inputs: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+        f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates "
+        f"in {result.manifest['timings_s'].get('total', 0):.1f} s → {result.run_dir}"
+    )
+    batch = result.batch
+    if len(batch):
+        cols = [c for c in ("energy_per_atom", "converged", "relax_steps") if c in batch.crystal_properties]
+        cols += [c for c in batch.crystal_properties if c not in cols and c != "energy"]
+        cols = cols[:4]  # the full table is in the run directory
+        table = Table(title=f"first {min(10, len(batch))} of {len(batch)} (all columns in results.csv)")
+        for h in ("id", "formula", *cols):
+            table.add_column(h, no_wrap=True, overflow="fold")
+        formulas = batch.formulas()
+        for k in range(min(10, len(batch))):
+            table.add_row(batch.ids[k], formulas[k], *(f"{float(batch.crystal_properties[c][k]):.4g}" for c in cols))
+        console.print(table)
+    for f in result.failures[:5]:
+        console.print(f"[red]failed[/] {f.id} at {f.step}: {f.reason}")
+    if len(result.failures) > 5:
+        console.print(f"... and {len(result.failures) - 5} more in {result.run_dir / 'failures.csv'}")
+
+
+class ProgressListener:
+    """Rich progress bars driven by pipeline events."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.fields[step]:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.started = False
+
+    def __call__(self, event: Any) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        step = event.step or "run"
+        if event.kind == "step_start":
+            self.tasks[step] = self.progress.add_task(event.message, step=step, total=event.total or None)
+        elif event.kind in ("progress", "step_end") and step in self.tasks:
+            kwargs: dict[str, Any] = {"description": event.message}
+            if event.done is not None:
+                kwargs["completed"] = event.done
+            if event.kind == "step_end" and event.total is not None:
+                kwargs["total"] = event.total
+                kwargs["completed"] = event.total
+            self.progress.update(self.tasks[step], **kwargs)
+        elif event.kind == "failure":
+            self.progress.console.print(f"[yellow]skipped[/] {event.message}")
+
+    def close(self) -> None:
+        if self.started:
+            self.progress.stop()
+            self.started = False
+
+
+def shortcut(
+    inputs: list[Path],
+    steps: list[dict[str, Any]],
+    sinks: list[dict[str, Any]],
+    name: str,
+    device: str | None,
+    run_dir: Path | None,
+    quiet: bool,
+) -> None:
+    from crystal_pipeline import Pipeline, parse_pipeline_config
+
+    data = {
+        "pipeline": {"name": name},
+        "source": {"type": "files", "paths": [str(p.resolve()) for p in inputs]},
+        "steps": steps,
+        "sinks": sinks,
+    }
+    p = Pipeline(parse_pipeline_config(data, f"crystal {name}"), origin=f"crystal {name}")
+    listeners = [] if quiet else [ProgressListener()]
+    result = run_interruptible(p, run_dir, listeners, device=device)
+    if quiet:
+        typer.echo(str(result.run_dir))
+    else:
+        print_summary(result)
+
+
+def component_config(items: list[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` options (values parsed as TOML, e.g. ``batch_size=32``, ``path='/x'``)."""
+    from crystal.specs import parse_key_value
+
+    config: dict[str, Any] = {}
+    for item in items or []:
+        try:
+            key, value = parse_key_value(item, "--config")
+        except ValueError as exc:
+            raise ConfigError(f"{exc}, e.g. --config batch_size=32") from None
+        config[key] = value
+    return config

@@ -1,0 +1,172 @@
+"""``crystal plugins list|info|check|hooks``: installed plugins without importing their code."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from crystal.errors import PluginError
+from crystal_cli.app import plugins_app
+
+
+@plugins_app.command("list")
+def plugins_list(
+    kind: Annotated[str | None, typer.Option(help="Only this kind (potential, encoder, ...).")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Include plugins disabled by CRYSTAL_PLUGINS/CRYSTAL_DISABLE_PLUGINS.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List installed components from their manifests (imports no plugin code, no torch)."""
+    from crystal.plugins import list_plugins
+
+    infos = list_plugins(kind, include_disabled=all_)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "kind": i.kind,
+                        "name": i.name,
+                        "distribution": i.distribution,
+                        "version": i.version,
+                        "description": i.description,
+                        "enabled": i.enabled,
+                        "entry_point": i.value,
+                        "consumes": i.manifest.consumes if i.manifest else None,
+                        "produces": i.manifest.produces if i.manifest else None,
+                        "devices": list(i.manifest.devices) if i.manifest else None,
+                        "weights": list(i.manifest.weights) if i.manifest else [],
+                        "problem": i.manifest_error
+                        or (f"also claimed by {', '.join(i.also_claimed_by)}" if i.also_claimed_by else None),
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not infos:
+        typer.echo("no plugins installed" + (f" of kind {kind}" if kind else ""))
+        return
+    width = max(len(i.name) for i in infos)
+    for i in infos:
+        flag = "" if i.enabled else " [disabled]"
+        problem = ""
+        if i.also_claimed_by:
+            problem = f"  !! also claimed by {', '.join(i.also_claimed_by)}"
+        elif i.manifest_error:
+            problem = f"  !! {i.manifest_error}"
+        weights = f"  weights: {', '.join(i.manifest.weights)}" if i.manifest and i.manifest.weights else ""
+        typer.echo(
+            f"{i.kind:<14} {i.name:<{width}}  {i.distribution} {i.version}{flag}  {i.description}{weights}{problem}"
+        )
+
+
+@plugins_app.command("info")
+def plugins_info(
+    name: Annotated[str, typer.Argument(help="Component name.")],
+    kind: Annotated[str | None, typer.Option(help="Kind, when the name exists for several kinds.")] = None,
+    config: Annotated[bool, typer.Option("--config", help="Also list the config fields (imports the plugin).")] = False,
+) -> None:
+    """Show one component's manifest, entry point and weights (no import unless --config)."""
+    from crystal.plugins import list_plugins
+    from crystal.weights import list_weights
+
+    matches = [i for i in list_plugins(kind, include_disabled=True) if i.name == name]
+    if not matches:
+        import difflib
+
+        names = sorted({i.name for i in list_plugins(kind, include_disabled=True)})
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise PluginError(f"no plugin named {name!r}{hint}")
+    weights = None
+    for i in matches:
+        m = i.manifest
+        typer.echo(f"{i.kind} {i.name}\n  distribution: {i.distribution} {i.version}\n  entry point:  {i.value}")
+        typer.echo(f"  enabled:      {i.enabled}")
+        if m is not None:
+            typer.echo(f"  description:  {m.description}\n  consumes:     {m.consumes}\n  produces:     {m.produces}")
+            typer.echo(f"  devices:      {', '.join(m.devices)}")
+            if m.weights:
+                weights = weights if weights is not None else list_weights()
+                typer.echo(f"  weights:      (default: {m.default_weights})")
+                for w in m.weights:
+                    entry = weights.get(w)
+                    if entry is None:
+                        typer.echo(f"    {w}: NOT DECLARED in any manifest")
+                        continue
+                    e = entry[1]
+                    typer.echo(
+                        f"    {w}: {e.file}\n      sha256 {e.sha256}\n      licence {e.licence}; data: {e.training_data}"
+                    )
+                    if e.metrics:
+                        typer.echo("      metrics: " + ", ".join(f"{k}={v}" for k, v in e.metrics.items()))
+        if i.manifest_error:
+            typer.echo(f"  problem:      {i.manifest_error}")
+        if config:
+            _echo_config_fields(i.kind, i.name)
+
+
+def _echo_config_fields(kind: str, name: str) -> None:
+    """``name = default  (type): description`` for every field of the component's Config."""
+    from crystal.plugins import load_class
+
+    cls = load_class(kind, name)
+    typer.echo("  config:")
+    for field, info in cls.Config.model_fields.items():
+        default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        typer.echo(f"    {field} = {default}  ({annotation})" + (f": {info.description}" if info.description else ""))
+
+
+@plugins_app.command("check")
+def plugins_check() -> None:
+    """Import every component, validate it against its manifest, load every hook module."""
+    from crystal.hooks import hook_load_errors, plugin_manager
+    from crystal.plugins import check_plugins
+
+    results = check_plugins()
+    bad = 0
+    for r in results:
+        status = "ok" if r.ok else "FAIL"
+        typer.echo(f"{status:<4} {r.info.kind} {r.info.name} ({r.info.distribution} {r.info.version})")
+        for p in r.problems:
+            typer.echo(f"       {p}")
+        bad += not r.ok
+    pm = plugin_manager()
+    for name, dist, err in hook_load_errors():
+        typer.echo(f"FAIL hooks {name} ({dist}): {err}")
+        bad += 1
+    try:
+        pm.check_pending()
+    except Exception as exc:
+        typer.echo(f"FAIL hooks: {exc}")
+        bad += 1
+    typer.echo(f"{len(results)} components checked, {bad} problem(s)")
+    if bad:
+        raise typer.Exit(1)
+
+
+@plugins_app.command("hooks")
+def plugins_hooks() -> None:
+    """List hook modules and the datasets and metrics they register."""
+    from crystal.hooks import hook_load_errors, plugin_manager
+    from crystal.registries import datasets, metrics
+
+    pm = plugin_manager()
+    typer.echo("hook modules:")
+    for name, plugin in pm.list_name_plugin():
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        typer.echo(f"  {name}: {', '.join(hooks) or '(no hooks)'}")
+    for name, dist, err in hook_load_errors():
+        typer.echo(f"  {name} ({dist}): FAILED TO LOAD: {err}")
+    typer.echo("datasets:")
+    for spec in sorted(datasets().values(), key=lambda d: d.name):
+        typer.echo(f"  {spec.name}: {spec.description}")
+    typer.echo("metrics:")
+    for m in sorted(metrics().values(), key=lambda m: m.name):
+        typer.echo(f"  {m.name} [{m.unit}]: {m.description}")

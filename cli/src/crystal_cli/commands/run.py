@@ -1,0 +1,81 @@
+"""``crystal run`` and ``crystal validate``: pipelines from TOML (or the embedded default)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from crystal.errors import ConfigError
+from crystal_cli._common import ProgressListener, print_summary, run_interruptible
+from crystal_cli.app import DEFAULT_PIPELINE, app
+
+
+def _pipeline_path(pipeline: Path | None) -> tuple[Path | None, str]:
+    if pipeline is not None:
+        return pipeline, str(pipeline)
+    return None, f"<default pipeline {DEFAULT_PIPELINE}>"
+
+
+def _load(pipeline: Path | None, overrides: list[str]) -> Any:
+    from crystal_pipeline import Pipeline
+    from crystal_pipeline.config import apply_overrides, parse_pipeline_config
+
+    if pipeline is not None:
+        return Pipeline.from_toml(pipeline, overrides)
+    import tomllib
+
+    text = resources.files("crystal_cli").joinpath(DEFAULT_PIPELINE).read_text(encoding="utf-8")
+    origin = f"<default pipeline {DEFAULT_PIPELINE}>"
+    data = apply_overrides(tomllib.loads(text), overrides, origin)
+    return Pipeline(parse_pipeline_config(data, origin), origin=origin)
+
+
+@app.command("validate")
+def validate(
+    pipeline: Annotated[
+        Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default pipeline).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")
+    ] = None,
+) -> None:
+    """Validate a pipeline (schema, plugins, component configs) without running it."""
+    p = _load(pipeline, set_ or [])
+    p.check()
+    cfg = p.config
+    typer.echo(
+        f"{p.origin}: valid — source {cfg.source.type}, {len(cfg.steps)} step(s) "
+        f"({', '.join(s.id for s in cfg.steps) or 'none'}), {len(cfg.sinks)} sink(s)"
+    )
+
+
+@app.command("run")
+def run(
+    pipeline: Annotated[
+        Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default discovery pipeline).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the pipeline's).")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", "-o", help="Run directory (default runs/<name>-<time>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Resume the interrupted run in --run-dir.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress output; print only the run directory.")
+    ] = False,
+) -> None:
+    """Run a pipeline: source → steps → sinks, into a run directory with a manifest."""
+    if resume and run_dir is None:
+        raise ConfigError("--resume needs --run-dir DIR (the interrupted run's directory)")
+    p = _load(pipeline, set_ or [])
+    listeners = [] if quiet else [ProgressListener()]
+    result = run_interruptible(p, run_dir, listeners, resume=resume, device=device)
+    if quiet:
+        typer.echo(str(result.run_dir))
+        return
+    print_summary(result)

@@ -1,0 +1,630 @@
+"""Running a pipeline: run directory, manifest, checkpoints, resume, accounting.
+
+A run directory holds::
+
+    manifest.json     config, seeds, package and plugin versions, weight checksums,
+                      device, timings, counts, status
+    results.csv       one row per input: id, status (ok | failed | filtered | duplicate),
+                      step, reason, source, formula and every computed column
+    failures.csv      the failed inputs only
+    <sinks>           whatever the [[sinks]] ask for
+    .state/           checkpoints used by --resume
+
+Steps are grouped into stages: consecutive map steps run chunk by chunk (``chunk_size``
+crystals at a time, each chunk checkpointed), and every global step (filter, rank,
+deduplicate) is a stage of its own. ``resume=True`` reloads every finished checkpoint and
+redoes nothing that was finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import hashlib
+import json
+import platform
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crystal.batch import CrystalBatch
+from crystal.components import Component, GenerationConditions, Generator
+from crystal.device import resolve_device
+from crystal.errors import ConfigError, CrystalError, PluginError
+from crystal.events import EventKind, PipelineEvent
+from crystal.io import Failure, atomic_write, read_structures, write_structures
+from crystal_pipeline.config import (
+    MAP_STEPS,
+    CsvSink,
+    DatasetSource,
+    FilesSource,
+    GenerateSource,
+    PipelineConfig,
+    StructureSink,
+    load_pipeline_config,
+    parse_pipeline_config,
+)
+from crystal_pipeline.state import Dropped, StageOutput, load_checkpoint, save_checkpoint
+from crystal_pipeline.steps import StepContext, run_global_step, run_map_step
+
+__all__ = ["Pipeline", "RunResult", "load_pipeline", "run_pipeline"]
+
+Listener = Callable[[PipelineEvent], None]
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the surviving crystals (with columns), and the accounting."""
+
+    run_dir: Path
+    batch: CrystalBatch
+    rows: list[dict[str, Any]]
+    failures: list[Failure]
+    dropped: list[Dropped]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _config_hash(config: PipelineConfig) -> str:
+    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+class Pipeline:
+    """A validated pipeline, ready to :meth:`run`.
+
+    >>> Pipeline.from_dict({"source": {"type": "dataset", "name": "dcdft", "limit": 4},
+    ...                     "steps": [{"id": "m", "type": "metrics", "names": ["density"]}]}).run()
+    """
+
+    def __init__(self, config: PipelineConfig, *, origin: str = "<pipeline>", base_dir: Path | None = None) -> None:
+        self.config = config
+        self.origin = origin
+        self.base_dir = base_dir or Path.cwd()
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_toml(cls, path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+        config, _ = load_pipeline_config(path, overrides)
+        return cls(config, origin=str(path), base_dir=Path(path).resolve().parent)
+
+    @classmethod
+    def from_dict(
+        cls, data: dict[str, Any], overrides: list[str] | None = None, *, base_dir: Path | None = None
+    ) -> Pipeline:
+        from crystal_pipeline.config import apply_overrides
+
+        data = apply_overrides(data, overrides or [])
+        return cls(parse_pipeline_config(data), base_dir=base_dir)
+
+    # ------------------------------------------------------------------ checking
+    def _components_needed(self) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """``(step id, kind, name, config)`` of every component the pipeline uses."""
+        need: list[tuple[str, str, str, dict[str, Any]]] = []
+        src = self.config.source
+        if isinstance(src, GenerateSource):
+            need.append(("source", "generator", src.generator, src.config))
+        for step in self.config.steps:
+            if step.type in ("relax", "md"):
+                need.append((step.id, "potential", step.potential, step.config))
+            elif step.type == "predict":
+                need.append((step.id, "encoder", step.encoder, step.config))
+            elif step.type == "characterize":
+                need.append((step.id, "characterizer", step.characterizer, step.config))
+            elif step.type == "evaluate" and step.sun and step.potential is not None:
+                need.append((step.id, "potential", step.potential, step.config))
+        return need
+
+    def check(self) -> None:
+        """Everything that can be checked before running: plugins exist and load, their
+        configs validate, datasets and metrics exist. Raises :class:`ConfigError`."""
+        from crystal.plugins import load_class
+        from crystal.registries import datasets, metrics
+
+        problems: list[str] = []
+        for step_id, kind, name, cfg in self._components_needed():
+            where = f"{self.origin}: " + ("source" if step_id == "source" else f"step {step_id!r}")
+            try:
+                cls = load_class(kind, name)
+                cls.make_config(cfg)
+            except (PluginError, ConfigError) as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            if kind == "characterizer":
+                step = next(s for s in self.config.steps if s.id == step_id)
+                rep_name = getattr(step, "representation", None) or cls.consumes
+                try:
+                    load_class("representation", rep_name).make_config(getattr(step, "representation_config", {}))
+                except (PluginError, ConfigError) as exc:
+                    problems.append(f"{where}: field 'representation': {exc}")
+        src = self.config.source
+        if isinstance(src, FilesSource):
+            from crystal.io import expand_paths
+
+            try:
+                expand_paths(self._source_paths(src))
+            except ConfigError as exc:
+                problems.append(f"{self.origin}: source: field 'paths': {exc}")
+        if isinstance(src, DatasetSource):
+            known = datasets()
+            if src.name not in known:
+                problems.append(
+                    f"{self.origin}: source: field 'name': no dataset {src.name!r}; allowed: {', '.join(sorted(known))}"
+                )
+        for step in self.config.steps:
+            if step.type == "evaluate":
+                from crystal.io import expand_paths
+
+                for field_name in ("reference", "train", "hull_reference"):
+                    items = getattr(step, field_name)
+                    try:
+                        expand_paths([p if Path(p).is_absolute() else str(self.base_dir / p) for p in items or []])
+                    except ConfigError as exc:
+                        problems.append(f"{self.origin}: step {step.id!r}: field {field_name!r}: {exc}")
+        known_metrics = None
+        for step in self.config.steps:
+            if step.type == "metrics":
+                known_metrics = known_metrics or metrics()
+                for n in step.names:
+                    if n not in known_metrics:
+                        problems.append(
+                            f"{self.origin}: step {step.id!r}: field 'names': unknown metric {n!r}; "
+                            f"allowed: {', '.join(sorted(known_metrics))}"
+                        )
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        run_dir: str | Path | None = None,
+        *,
+        resume: bool = False,
+        device: str | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> RunResult:
+        """Run the pipeline into ``run_dir`` (default ``runs/<name>-<timestamp>``)."""
+        self.check()
+        cfg = self.config
+        meta = cfg.pipeline
+        dev = resolve_device(device or meta.device)
+        if run_dir is None:
+            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_dir = Path("runs") / f"{meta.name}-{stamp}"
+        run_dir = Path(run_dir)
+        state = run_dir / ".state"
+        chash = _config_hash(cfg)
+        manifest_path = run_dir / "manifest.json"
+        if resume:
+            if not manifest_path.is_file():
+                raise ConfigError(f"{run_dir}: nothing to resume (no manifest.json)")
+            previous = json.loads(manifest_path.read_text())
+            if previous.get("config_sha256") != chash:
+                raise ConfigError(
+                    f"{run_dir}: cannot resume: the pipeline config differs from the interrupted run's "
+                    "(same file and --set overrides are needed)"
+                )
+            started = previous.get("started")
+        else:
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise ConfigError(
+                    f"{run_dir}: run directory exists and is not empty; use --resume or another directory"
+                )
+            started = _dt.datetime.now(_dt.UTC).isoformat()
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+        listeners = list(listeners)
+
+        def emit(
+            kind: EventKind,
+            step: str | None = None,
+            message: str = "",
+            done: int | None = None,
+            total: int | None = None,
+            data: dict[str, Any] | None = None,
+        ) -> None:
+            event = PipelineEvent(kind, str(run_dir), step, message, done, total, data or {})
+            _dispatch(event, listeners)
+
+        manifest: dict[str, Any] = {
+            "crystal_version": _version("crystal-core"),
+            "pipeline": cfg.pipeline.name,
+            "origin": self.origin,
+            "config": cfg.model_dump(mode="json"),
+            "config_sha256": chash,
+            "seed": meta.seed,
+            "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev)
+            if dev.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": {
+                p: _version(p)
+                for p in (
+                    "crystal-core",
+                    "crystal-cli",
+                    "torch",
+                    "numpy",
+                    "pymatgen",
+                    "ase",
+                    "pydantic",
+                    "pluggy",
+                    "stevedore",
+                )
+            },
+            "torch_threads": torch.get_num_threads(),
+            "started": started,
+            "status": "running",
+            "resumed": resume,
+            "timings_s": {},
+        }
+        _write_json(manifest_path, manifest)
+        try:
+            _seed_everything(meta.seed)
+            t_run = time.perf_counter()
+            emit("run_start", message=f"pipeline {meta.name!r} on {dev}")
+
+            # components: loaded once per run
+            from crystal.plugins import list_plugins, load_class
+
+            ctx = StepContext(run_dir=run_dir, emit=emit, seed=meta.seed, base_dir=self.base_dir)
+            plugins_used = []
+            dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
+
+            def instantiate(kind: str, name: str, ccfg: dict[str, Any]) -> Component:
+                cls = load_class(kind, name)
+                # a component that cannot run on the run's device (e.g. a CPU-only generator on a
+                # GPU run) runs on the CPU; steps move batches to each component's device
+                return cls(ccfg, device=str(dev) if dev.type in cls.devices else "cpu")
+
+            for step_id, kind, name, ccfg in self._components_needed():
+                comp = instantiate(kind, name, ccfg)
+                comps: tuple[Component, ...] = (comp,)
+                if kind == "characterizer":
+                    step = next(s for s in cfg.steps if s.id == step_id)
+                    rep_name = getattr(step, "representation", None) or comp.consumes
+                    comps = (instantiate("representation", rep_name, getattr(step, "representation_config", {})), comp)
+                ctx.components[step_id] = comps
+                for c in comps:
+                    info = dists.get((c.kind.singular, c.name))
+                    plugins_used.append(
+                        {
+                            "step": step_id,
+                            "device": str(c.device),
+                            "kind": c.kind.singular,
+                            "name": c.name,
+                            "component_version": c.version,
+                            "distribution": info.distribution if info else None,
+                            "distribution_version": info.version if info else None,
+                            "config": c.config.model_dump(mode="json"),
+                            "weights": [_weights_record(w) for w in c.weights_in_use()],
+                            # sha256 of a checkpoint file loaded by path (trainable encoders)
+                            "checkpoint_sha256": getattr(c, "checkpoint_sha256", None),
+                        }
+                    )
+            manifest["plugins"] = plugins_used
+
+            # ---- source
+            t0 = time.perf_counter()
+            src_ckpt = state / "source.pt"
+            emit("step_start", "source", f"source: {cfg.source.type}")
+            if resume and src_ckpt.is_file():
+                source = load_checkpoint(src_ckpt, dev)
+            else:
+                source = self._read_source(ctx, dev)
+                save_checkpoint(src_ckpt, source)
+            manifest["timings_s"]["source"] = round(time.perf_counter() - t0, 3)
+            all_ids = list(source.batch.ids) + [f.id for f in source.failures]
+            inputs_info = {
+                i: str(inf.get("source", "")) for i, inf in zip(source.batch.ids, source.batch.info, strict=True)
+            }
+            emit(
+                "step_end",
+                "source",
+                f"{len(source.batch)} crystals, {len(source.failures)} failed",
+                done=len(source.batch),
+                total=len(all_ids),
+            )
+
+            failures = list(source.failures)
+            dropped: list[Dropped] = []
+            batch = source.batch
+
+            # ---- stages
+            stages: list[list[Any]] = []
+            for step in cfg.steps:
+                if step.type in MAP_STEPS and stages and stages[-1][0].type in MAP_STEPS:
+                    stages[-1].append(step)
+                else:
+                    stages.append([step])
+            for k, stage in enumerate(stages):
+                t0 = time.perf_counter()
+                names = "+".join(s.id for s in stage)
+                if stage[0].type in MAP_STEPS:
+                    parts: list[CrystalBatch] = []
+                    n_chunks = max(1, -(-len(batch) // meta.chunk_size))
+                    for s in stage:
+                        emit("step_start", s.id, f"{s.type} on {len(batch)} crystals", done=0, total=len(batch))
+                    done = 0
+                    for j, chunk in enumerate(batch.split(meta.chunk_size) if len(batch) else [batch]):
+                        ckpt = state / f"stage{k:02d}-chunk{j:05d}.pt"
+                        if resume and ckpt.is_file():
+                            out = load_checkpoint(ckpt, dev)
+                        else:
+                            ctx.chunk_index = j
+                            out = StageOutput(chunk)
+                            for s in stage:
+                                res = run_map_step(s, out.batch, ctx)
+                                out = StageOutput(res.batch, out.failures + res.failures)
+                            save_checkpoint(ckpt, out)
+                        parts.append(out.batch)
+                        failures += out.failures
+                        done += len(chunk)
+                        for s in stage:
+                            emit("progress", s.id, f"chunk {j + 1}/{n_chunks}", done=done, total=len(batch))
+                    batch = CrystalBatch.concat(parts) if parts else batch
+                    for s in stage:
+                        emit("step_end", s.id, f"{len(batch)} crystals remain", done=len(batch), total=len(batch))
+                else:
+                    (s,) = stage
+                    ckpt = state / f"stage{k:02d}.pt"
+                    emit("step_start", s.id, f"{s.type} on {len(batch)} crystals", done=0, total=len(batch))
+                    if resume and ckpt.is_file():
+                        out = load_checkpoint(ckpt, dev)
+                    else:
+                        out = run_global_step(s, batch, ctx)
+                        save_checkpoint(ckpt, out)
+                    batch = out.batch
+                    dropped += out.dropped
+                    failures += out.failures
+                    emit("step_end", s.id, f"{len(batch)} crystals remain", done=len(batch), total=len(batch))
+                manifest["timings_s"][names] = round(time.perf_counter() - t0, 3)
+
+            # ---- outputs
+            t0 = time.perf_counter()
+            rows = _result_rows(all_ids, batch, failures, dropped, inputs_info)
+            _write_rows(run_dir / "results.csv", rows)
+            _write_rows(
+                run_dir / "failures.csv",
+                [r for r in rows if r["status"] == "failed"],
+                fields=["id", "status", "step", "reason", "source"],
+            )
+            outputs = ["results.csv", "failures.csv"]
+            for sink in cfg.sinks:
+                outputs += self._write_sink(sink, batch, run_dir)
+            manifest["timings_s"]["sinks"] = round(time.perf_counter() - t0, 3)
+            manifest["timings_s"]["total"] = round(time.perf_counter() - t_run, 3)
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            manifest.update(
+                status="complete",
+                finished=_dt.datetime.now(_dt.UTC).isoformat(),
+                counts={"inputs": len(all_ids), **counts},
+                outputs=outputs,
+            )
+            _write_json(manifest_path, manifest)
+            emit(
+                "run_end",
+                message=f"{counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+                f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates -> {run_dir}",
+            )
+            return RunResult(run_dir, batch, rows, failures, dropped, manifest)
+        except BaseException as exc:
+            # leave an honest manifest behind: the run failed or was interrupted, never 'running'
+            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+            manifest.update(
+                status="interrupted" if interrupted else "failed",
+                error=f"{type(exc).__name__}: {exc}",
+                finished=_dt.datetime.now(_dt.UTC).isoformat(),
+            )
+            _write_json(manifest_path, manifest)
+            if not interrupted:
+                emit("failure", message=f"run failed: {type(exc).__name__}: {exc}", data={"error": str(exc)})
+            raise
+
+    # ------------------------------------------------------------------ helpers
+    def _read_source(self, ctx: StepContext, dev: torch.device) -> StageOutput:
+        src = self.config.source
+        meta = self.config.pipeline
+        failures: list[Failure] = []
+        if isinstance(src, FilesSource):
+            res = read_structures(self._source_paths(src), format=src.format, limit=src.limit, id_column=src.id_column)
+            batch = res.to_batch()
+            failures += res.failures
+        elif isinstance(src, DatasetSource):
+            from crystal.registries import datasets
+
+            ids, structures = datasets()[src.name].load(src.limit)
+            batch = CrystalBatch.from_structures(structures, list(ids))
+            for info in batch.info:
+                info["source"] = f"dataset:{src.name}"
+        else:
+            assert isinstance(src, GenerateSource)
+            (gen,) = ctx.components["source"]
+            assert isinstance(gen, Generator)
+            conditions = GenerationConditions(
+                composition=src.composition,
+                chemical_system=tuple(src.chemical_system) if src.chemical_system else None,
+                formula_units=tuple(src.formula_units) if src.formula_units else None,
+                space_groups=tuple(src.space_groups) if src.space_groups else None,
+            )
+            batch = gen.generate(src.num_samples, conditions, seed=meta.seed).to("cpu", torch.float64)
+            for info in batch.info:
+                info.setdefault("source", f"generator:{gen.name}")
+        # ids must be unique to account for every input
+        seen: dict[str, int] = {}
+        new_ids = []
+        for i in batch.ids:
+            n = seen.get(i, 0)
+            seen[i] = n + 1
+            new_ids.append(i if n == 0 else f"{i}#{n}")
+        batch.ids = new_ids
+        batch = batch.to(dev)
+        reasons = batch.validate(meta.min_distance)
+        keep = torch.tensor([r is None for r in reasons], dtype=torch.bool, device=dev)
+        failures += [
+            Failure(i, "source", r, str(inf.get("source", "")))
+            for i, r, inf in zip(batch.ids, reasons, batch.info, strict=True)
+            if r is not None
+        ]
+        for f in failures:
+            ctx.emit("failure", "source", f"{f.id}: {f.reason}", data={"id": f.id, "reason": f.reason})
+        return StageOutput(batch.select(keep), failures)
+
+    def _source_paths(self, src: FilesSource) -> list[str]:
+        return [p if Path(p).is_absolute() else str(self.base_dir / p) for p in src.paths]
+
+    def _write_sink(self, sink: Any, batch: CrystalBatch, run_dir: Path) -> list[str]:
+        target = run_dir / sink.path
+        if isinstance(sink, StructureSink):
+            write_structures(batch, target, sink.type, symprec=sink.symprec)
+            return [sink.path]
+        assert isinstance(sink, CsvSink)
+        cols = sink.columns if sink.columns is not None else list(batch.crystal_properties)
+        missing = [c for c in cols if c not in batch.crystal_properties]
+        if missing:
+            raise CrystalError(
+                f"csv sink {sink.path!r}: unknown columns {missing}; available: {sorted(batch.crystal_properties)}"
+            )
+        formulas = batch.formulas() if len(batch) else []
+        rows = []
+        values = {c: batch.crystal_properties[c].detach().cpu().tolist() for c in cols}
+        for k, ident in enumerate(batch.ids):
+            row: dict[str, Any] = {
+                "rank": k + 1,
+                "id": ident,
+                "formula": formulas[k],
+                "num_atoms": int(batch.num_atoms[k]),
+            }
+            for label_head, label in batch.info[k].get("labels", {}).items():
+                row[label_head] = label
+            row.update({c: _fmt(values[c][k]) for c in cols})
+            rows.append(row)
+        fields = [
+            "rank",
+            "id",
+            "formula",
+            "num_atoms",
+            *sorted({h for inf in batch.info for h in inf.get("labels", {})}),
+            *cols,
+        ]
+        _write_rows(target, rows, fields=fields)
+        return [sink.path]
+
+
+def _fmt(v: Any) -> Any:
+    return round(v, 6) if isinstance(v, float) else v
+
+
+def _weights_record(name: str) -> dict[str, Any]:
+    from crystal.weights import find_weights
+
+    entry = find_weights(name)
+    return {"name": name, "sha256": entry.sha256, "file": entry.file, "licence": entry.licence}
+
+
+def _dispatch(event: PipelineEvent, listeners: list[Listener]) -> None:
+    from crystal.hooks import call_isolated
+
+    call_isolated("pipeline_event", event=event)  # a listener must never stop a run
+    for listener in listeners:
+        listener(event)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    with atomic_write(path) as fh:
+        json.dump(data, fh, indent=2, default=str)
+
+
+def _result_rows(
+    all_ids: list[str], batch: CrystalBatch, failures: list[Failure], dropped: list[Dropped], sources: dict[str, str]
+) -> list[dict[str, Any]]:
+    by_id: dict[str, dict[str, Any]] = {}
+    formulas = batch.formulas() if len(batch) else []
+    cols = {c: v.detach().cpu().tolist() for c, v in batch.crystal_properties.items() if v.ndim == 1}
+    for k, ident in enumerate(batch.ids):
+        row = {
+            "id": ident,
+            "status": "ok",
+            "step": "",
+            "reason": "",
+            "source": sources.get(ident, ""),
+            "formula": formulas[k],
+        }
+        row.update({c: _fmt(v[k]) for c, v in cols.items()})
+        by_id[ident] = row
+    for d in dropped:
+        by_id[d.id] = {
+            "id": d.id,
+            "status": d.status,
+            "step": d.step,
+            "reason": d.reason,
+            "source": sources.get(d.id, ""),
+        }
+    for f in failures:
+        by_id[f.id] = {
+            "id": f.id,
+            "status": "failed",
+            "step": f.step,
+            "reason": f.reason,
+            "source": f.source or sources.get(f.id, ""),
+        }
+    rows = []
+    for ident in all_ids:
+        found = by_id.get(ident)
+        lost = {"id": ident, "status": "failed", "step": "", "reason": "lost track of this input (bug)", "source": ""}
+        row = found if found is not None else lost  # never expected: every input is accounted for
+        rows.append(row)
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+    if fields is None:
+        fields = ["id", "status", "step", "reason", "source", "formula"]
+        for r in rows:
+            fields += [k for k in r if k not in fields]
+    with atomic_write(path, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def load_pipeline(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Pipeline:
+    """A :class:`Pipeline` from a TOML path or a dict (validated, not yet run)."""
+    if isinstance(source, dict):
+        return Pipeline.from_dict(source, overrides)
+    return Pipeline.from_toml(source, overrides)
+
+
+def run_pipeline(
+    source: str | Path | dict[str, Any],
+    run_dir: str | Path | None = None,
+    *,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    listeners: Iterable[Listener] = (),
+) -> RunResult:
+    """Load and run a pipeline in one call (the Python twin of ``crystal run``)."""
+    return load_pipeline(source, overrides).run(run_dir, resume=resume, device=device, listeners=listeners)
