@@ -143,6 +143,14 @@ columns = ["density", "mean_atomic_mass"]
     assert "did you mean 'example-density'" in proc.stderr
 
 
+def test_template_manifest_is_generated_from_its_classes(example_plugin: Path):
+    # run in the project folder without a name: the source copy's crystal_plugin.toml must
+    # equal what `crystal plugins manifest --write` compiles from the installed classes
+    proc = _crystal("plugins", "manifest", "--check", cwd=example_plugin)
+    assert proc.returncode == 0, _show(proc)
+    assert proc.stdout.startswith(f"ok    {DIST}: {example_plugin}"), _show(proc)
+
+
 def test_template_own_tests_pass(example_plugin: Path):
     proc = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], example_plugin)
     assert proc.returncode == 0, _show(proc)

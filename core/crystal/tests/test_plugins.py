@@ -25,6 +25,7 @@ class CountAtoms(Encoder):
     """Predicts the number of atoms (+ offset)."""
     name = "count-atoms"
     version = "1.0"
+    description = "counts atoms"
     Config: ClassVar[type[ComponentConfig]] = Cfg
 
     @property

@@ -18,6 +18,7 @@ from crystal.errors import ConfigError, StructureError, WeightsError
 from crystal.testing import (
     assert_forces_match_finite_differences,
     assert_stress_matches_finite_differences,
+    check_potential_symmetries,
     supercell,
 )
 from crystal.testing.contracts import check_potential, sample_batch
@@ -39,6 +40,11 @@ def test_contract_symmetries_and_extensivity_float64():
 def test_contract_in_float32_and_float64(dtype):
     pot = _pot(dtype="float32" if dtype == torch.float32 else "float64")
     check_potential(pot, sample_batch(dtype), atol=2e-4 if dtype == torch.float32 else 1e-8, fd_atol=5e-2)
+
+
+def test_symmetries_extensivity_and_dtypes():
+    # float64 weights: symmetries to round-off; float32 requests agree to float32 round-off
+    check_potential_symmetries(_pot(), sample_batch(), atol=1e-8, rtol=1e-7, dtype_atol=2e-4)
 
 
 def test_forces_and_stress_are_finite_difference_gradients():

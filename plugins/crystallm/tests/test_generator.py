@@ -180,22 +180,22 @@ def test_kv_cache_flag_gives_the_same_samples():
 
 # --------------------------------------------------------------------------- bad inputs
 @pytest.mark.parametrize(
-    ("conditions", "match"),
+    ("conditions", "match"),  # keyword dicts: core validates the composition on construction
     [
-        (GenerationConditions(composition="Xx2O3"), "unknown element 'Xx'"),
-        (GenerationConditions(composition="Fr2O"), "not in CrystaLLM's vocabulary"),
-        (GenerationConditions(composition="Na0Cl0"), "no atoms"),
+        (dict(composition="Xx2O3"), "unknown element 'Xx'"),
+        (dict(composition="Fr2O"), "not in CrystaLLM's vocabulary"),
+        (dict(composition="Na0Cl0"), "no atoms"),
         (
-            GenerationConditions(composition="LiNaKRbCsMgCaSrBa", space_groups=(1,)),
+            dict(composition="LiNaKRbCsMgCaSrBa", space_groups=(1,)),
             "must be shorter than the context of 160 tokens",
         ),
-        (GenerationConditions(chemical_system=("Li", "O")), "chemical_system is not supported"),
-        (GenerationConditions(space_groups=(221,)), "need a composition"),
+        (dict(chemical_system=("Li", "O")), "chemical_system is not supported"),
+        (dict(space_groups=(221,)), "need a composition"),
     ],
 )
 def test_bad_conditions_raise(random_gen, conditions, match):
     with pytest.raises(ConfigError, match=match):
-        random_gen.generate(2, conditions, seed=0)
+        random_gen.generate(2, GenerationConditions(**conditions), seed=0)
 
 
 def test_space_group_out_of_range():

@@ -14,7 +14,13 @@ import torch
 from crystal.batch import CrystalBatch
 from crystal.errors import ConfigError, StructureError, WeightsError
 from crystal.neighbors import radius_graph
-from crystal.testing import assert_stress_matches_finite_differences, random_rotation, rotate, supercell
+from crystal.testing import (
+    assert_stress_matches_finite_differences,
+    assert_supercell_extensive,
+    check_potential_symmetries,
+    random_rotation,
+    rotate,
+)
 from crystal.testing.contracts import check_declarations, check_potential
 from crystal.trainable_potential import fit_reference_energies
 from crystal_mace.potential import MACEConfig, MACEPotential
@@ -58,14 +64,13 @@ def test_contract(pot: MACEPotential, crystals: CrystalBatch) -> None:
     check_potential(pot, crystals, atol=1e-9, rtol=1e-7, fd_delta=1e-4, fd_atol=1e-6)
 
 
-def test_stress_and_rotated_supercell(pot: MACEPotential, crystals: CrystalBatch) -> None:
+def test_stress_symmetries_and_rotated_supercell(pot: MACEPotential, crystals: CrystalBatch) -> None:
     assert_stress_matches_finite_differences(pot, crystals, delta=1e-5, atol=1e-7)
-    out = pot.compute(crystals)
+    # float64 model: symmetries to round-off; float32 requests agree to float32 round-off
+    check_potential_symmetries(pot, crystals, atol=1e-9, rtol=1e-7, supercell_reps=(1, 2, 2), dtype_atol=1e-4)
+    # a rotated 1x2x2 supercell: energy 4x, stress unchanged, the same force on every image
     R = random_rotation(torch.Generator().manual_seed(7), dtype=torch.float64)
-    big = pot.compute(rotate(supercell(crystals, (1, 2, 2)), R))
-    torch.testing.assert_close(big.energy, 4 * out.energy, atol=1e-9, rtol=1e-9)
-    assert big.stress is not None and out.stress is not None
-    torch.testing.assert_close(big.stress, R @ out.stress @ R.T, atol=1e-10, rtol=1e-7)
+    assert_supercell_extensive(pot, rotate(crystals, R), (1, 2, 2), atol=1e-9, rtol=1e-9, stress_atol=1e-10)
 
 
 def test_save_load_identical(pot: MACEPotential, crystals: CrystalBatch, tmp_path) -> None:

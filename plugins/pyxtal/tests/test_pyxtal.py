@@ -216,7 +216,8 @@ def test_zero_samples(gen):
     ("conditions", "match"),  # conditions as keyword dicts: core validates some on construction
     [
         (dict(composition="Xx2O"), "unknown element 'Xx'"),
-        (dict(composition="Foo"), "cannot parse composition"),
+        (dict(composition="Foo"), "unknown element 'Foo'"),
+        (dict(composition="Li2(O"), r"cannot parse formula 'Li2\(O': missing '\)'"),
         (dict(chemical_system=("Li", "Qq")), "unknown element symbol 'Qq'"),
         (dict(composition="Es2O3"), "no covalent radius for Es"),
         (dict(composition="Li0.5O"), "whole numbers"),

@@ -24,14 +24,11 @@ from crystal.batch import CrystalBatch
 from crystal.errors import ConfigError, StructureError, WeightsError
 from crystal.manifest import locate_manifest, read_manifest
 from crystal.testing import (
-    assert_equivariant_forces,
     assert_forces_match_finite_differences,
-    assert_invariant,
+    assert_outputs_close,
     assert_stress_matches_finite_differences,
-    permute,
-    random_rotation,
-    supercell,
-    translate,
+    assert_supercell_extensive,
+    check_potential_symmetries,
 )
 from crystal_sevennet.potential import SEVENNET_0_ELEMENTS, SevenNetPotential
 
@@ -179,24 +176,9 @@ def test_batched_equals_one_by_one(mixed, mixed_out):
             torch.testing.assert_close(out.stress[b], single.stress[0], atol=1e-6, rtol=0)
 
 
-def test_outputs_follow_request_dtype_and_shapes(pot, small):
-    out = pot.compute(small.to(dtype=torch.float32), forces=False, stress=False)
-    assert out.forces is None and out.stress is None
-    assert out.energy.shape == (3,) and out.energy.dtype == torch.float32
-    full = pot.compute(small)
-    assert full.energy.dtype == torch.float64
-    assert full.forces.shape == (small.num_nodes, 3) and full.stress.shape == (3, 3, 3)
-    torch.testing.assert_close(out.energy.double(), full.energy, atol=1e-4, rtol=0)
-    empty = pot.compute(CrystalBatch.empty())
-    assert empty.energy.shape == (0,) and empty.forces.shape == (0, 3)
-
-
 def test_float64_agrees_with_float32(pot, pot64, small):
-    a, b = pot.compute(small), pot64.compute(small)
     # measured 3.5e-6 eV, 1.2e-6 eV/Å
-    torch.testing.assert_close(a.energy, b.energy, atol=1e-4, rtol=0)
-    torch.testing.assert_close(a.forces, b.forces, atol=1e-4, rtol=0)
-    torch.testing.assert_close(a.stress, b.stress, atol=1e-6, rtol=0)
+    assert_outputs_close(pot.compute(small), pot64.compute(small), atol=1e-4, rtol=0, stress_atol=1e-6)
 
 
 # ---------------------------------------------------------------------- physics
@@ -210,36 +192,25 @@ def test_stress_matches_finite_differences(pot64, mixed):
     assert_stress_matches_finite_differences(pot64, sub, delta=1e-4, atol=1e-6)
 
 
-def test_rotation_equivariance(pot, small):
-    R = random_rotation(torch.Generator().manual_seed(7))
-    assert_equivariant_forces(pot, small, R, atol=1e-4, rtol=1e-5)
-
-
-def test_translation_and_permutation_invariance(pot, small):
-    shift = torch.tensor([0.37, -1.21, 2.53], dtype=torch.float64)
-    assert_invariant(pot.energy, small, lambda b: translate(b, shift), atol=1e-4, rtol=0)
-    permuted, order = permute(small, torch.Generator().manual_seed(3))
-    base = pot.compute(small)
-    out = pot.compute(permuted)
-    torch.testing.assert_close(out.energy, base.energy, atol=1e-4, rtol=0)
-    torch.testing.assert_close(out.forces, base.forces[order], atol=1e-4, rtol=0)
-    torch.testing.assert_close(out.stress, base.stress, atol=1e-6, rtol=0)
+def test_symmetries_extensivity_and_dtypes(pot, small):
+    """Rotation, translation, permutation, a 1x2x1 supercell, float32/float64 requests, empty batch
+    (float32 model: tolerances from float32 round-off)."""
+    check_potential_symmetries(
+        pot,
+        small,
+        atol=1e-4,
+        rtol=0,
+        stress_atol=1e-6,
+        supercell_reps=(1, 2, 1),
+        supercell_atol=3e-4,
+        supercell_stress_atol=1e-5,
+        seed=7,
+    )
 
 
 def test_supercell_extensivity(pot, small):
     sub = small.select([1, 2])  # Cu (4 atoms), NaCl (8 atoms)
-    big = supercell(sub, (2, 2, 2))
-    base, out = pot.compute(sub), pot.compute(big)
-    torch.testing.assert_close(out.energy, 8 * base.energy, atol=5e-4, rtol=0)
-    torch.testing.assert_close(out.stress, base.stress, atol=1e-5, rtol=0)
-    f_big = out.forces.reshape(-1, 3)
-    ptr_small, ptr_big = sub.ptr.tolist(), big.ptr.tolist()
-    for b in range(len(sub)):
-        n = ptr_small[b + 1] - ptr_small[b]
-        images = f_big[ptr_big[b] : ptr_big[b + 1]].reshape(8, n, 3)
-        torch.testing.assert_close(
-            images, base.forces[ptr_small[b] : ptr_small[b + 1]].expand(8, n, 3), atol=1e-4, rtol=0
-        )
+    assert_supercell_extensive(pot, sub, (2, 2, 2), atol=5e-4, rtol=0, forces_atol=1e-4, stress_atol=1e-5)
 
 
 # ---------------------------------------------------------------------- errors

@@ -1,8 +1,10 @@
-"""``crystal plugins list|info|check|hooks``: installed plugins without importing their code."""
+"""``crystal plugins list|info|check|hooks|manifest``: installed plugins (listing imports no plugin code)."""
 
 from __future__ import annotations
 
 import json
+import tomllib
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -111,15 +113,35 @@ def plugins_info(
             _echo_config_fields(i.kind, i.name)
 
 
+def _choices(schema: dict[str, object]) -> str | None:
+    """``one of 'a', 'b'[ or None]`` for a JSON-schema property restricted to an enum."""
+    options = [schema, *(schema.get("anyOf") or [])]  # type: ignore[list-item]
+    enum = next(
+        (o.get("enum", [o.get("const")]) for o in options if isinstance(o, dict) and ("enum" in o or "const" in o)),
+        None,
+    )
+    if enum is None:
+        return None
+    nullable = any(isinstance(o, dict) and o.get("type") == "null" for o in options)
+    return "one of " + ", ".join(map(repr, enum)) + (" or None" if nullable else "")
+
+
 def _echo_config_fields(kind: str, name: str) -> None:
-    """``name = default  (type): description`` for every field of the component's Config."""
+    """``name = default  (type): description`` for every field of the component's Config;
+    fields restricted to a set of values (named weights, Literals) list their choices."""
     from crystal.plugins import load_class
 
     cls = load_class(kind, name)
+    try:
+        properties = cls.Config.model_json_schema().get("properties", {})
+    except Exception:  # a field type without a JSON schema: fall back to the annotations
+        properties = {}
     typer.echo("  config:")
     for field, info in cls.Config.model_fields.items():
         default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        annotation = _choices(properties.get(info.alias or field, {})) or (
+            getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+        )
         typer.echo(f"    {field} = {default}  ({annotation})" + (f": {info.description}" if info.description else ""))
 
 
@@ -170,3 +192,107 @@ def plugins_hooks() -> None:
     typer.echo("metrics:")
     for m in sorted(metrics().values(), key=lambda m: m.name):
         typer.echo(f"  {m.name} [{m.unit}]: {m.description}")
+
+
+def _project_distribution(start: Path) -> tuple[str, Path]:
+    """``(distribution name, project folder)`` of the nearest ``pyproject.toml`` at or above ``start``."""
+    for folder in (start, *start.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file():
+            try:
+                name = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("name")
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise PluginError(f"{pyproject}: cannot read: {exc}") from None
+            if not name:
+                raise PluginError(f"{pyproject} has no [project] name; give the distribution name")
+            return str(name), folder
+    raise PluginError(
+        f"no pyproject.toml at or above {start}: give a distribution name (crystal plugins manifest DIST)"
+    )
+
+
+@plugins_app.command("manifest")
+def plugins_manifest(
+    distributions: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[DIST]...",
+            help="Installed distributions (default: the project whose pyproject.toml is in or above the current folder).",
+        ),
+    ] = None,
+    write: Annotated[
+        bool, typer.Option("--write", help="Write crystal_plugin.toml where the entry point names it.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1, with a diff, when a manifest differs from the classes.")
+    ] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every installed distribution that declares a crystal.manifests entry point.")
+    ] = False,
+) -> None:
+    """Generate the static manifest (crystal_plugin.toml) from the component classes.
+
+    Imports the distribution's components through its entry points and compiles their
+    declarations (description, consumes/produces, devices, weights, default_weights) and the
+    distribution's metadata (pyproject.toml) into the manifest that `crystal plugins list`
+    reads without importing anything. Prints it; --write writes it; --check fails on drift.
+    """
+    from importlib import metadata
+
+    from crystal.manifest import compile_manifest, manifest_diff, manifest_file, render_manifest
+    from crystal.plugins import MANIFEST_GROUP
+
+    if write and check:
+        raise typer.BadParameter("give --write or --check, not both")
+    targets: list[tuple[str, Path | None]]
+    if all_:
+        if distributions:
+            raise typer.BadParameter("give distributions or --all, not both")
+        names = {str(ep.dist.metadata["Name"]) for ep in metadata.entry_points(group=MANIFEST_GROUP) if ep.dist}
+        targets = [(n, None) for n in sorted(names)]
+    elif distributions:
+        targets = [(d, None) for d in distributions]
+    else:
+        name, project = _project_distribution(Path.cwd())
+        targets = [(name, project)]
+    drifted = []
+    for name, project in targets:
+        dist = metadata.distribution(name) if _installed(name) else None
+        if dist is None:
+            hint = f" (pip install -e {project})" if project else ""
+            raise PluginError(f"distribution {name!r} is not installed{hint}; its classes are read from the install")
+        canonical = str(dist.metadata["Name"])
+        path = manifest_file(dist, project)
+        if check:
+            diff = manifest_diff(dist, path)
+            if diff:
+                drifted.append(canonical)
+                typer.echo(diff, nl=False)
+                typer.echo(
+                    f"DRIFT {canonical}: {path} differs from the classes; run: crystal plugins manifest {canonical} --write"
+                )
+            else:
+                typer.echo(f"ok    {canonical}: {path}")
+            continue
+        text = render_manifest(compile_manifest(dist), canonical)
+        if write:
+            old = path.read_text(encoding="utf-8") if path.is_file() else None
+            if old != text:
+                path.write_text(text, encoding="utf-8")
+            typer.echo(f"{'unchanged' if old == text else 'wrote'} {path}")
+        else:
+            if len(targets) > 1:
+                typer.echo(f"# ===== {canonical}: {path}")
+            typer.echo(text, nl=False)
+    if drifted:
+        raise typer.Exit(1)
+
+
+def _installed(name: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True

@@ -35,6 +35,8 @@ _EXPORTS: dict[str, str] = {
     "Potential": "crystal.components",
     "PotentialOutput": "crystal.components",
     "Representation": "crystal.components",
+    # settings models
+    "StrictModel": "crystal.config",
     # devices
     "resolve_device": "crystal.device",
     # discovery
@@ -92,6 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         PotentialOutput as PotentialOutput,
         Representation as Representation,
     )
+    from crystal.config import StrictModel as StrictModel
     from crystal.device import resolve_device as resolve_device
     from crystal.errors import (
         ConfigError as ConfigError,

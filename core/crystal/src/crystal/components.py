@@ -5,11 +5,13 @@ Every component declares, as class attributes:
 ``name``       plugin name, unique within its kind (``"chgnet"``)
 ``kind``       one of :class:`Kind` (set by the kind's base class)
 ``version``    the component's own version string
+``description`` one line for listings (default: the docstring's first line)
 ``Config``     a :class:`ComponentConfig` subclass (pydantic, ``extra="forbid"``)
 ``consumes``   the representation it reads (``"crystal"`` for the raw batch)
 ``produces``   what it returns (``"crystal"``, ``"energy+forces+stress"``, ...)
 ``devices``    device types it runs on (``("cpu", "cuda")``)
-``weights``    names of the weights it can load (see :mod:`crystal.weights`)
+``weights``    names of the weights it can load: a :class:`~crystal.manifest.NamedWeights`
+               that also declares them (see :mod:`crystal.weights`)
 
 :func:`abc.abstractmethod` enforces the kind's methods; ``__init_subclass__`` enforces
 the declarations on every concrete subclass, so a plugin that forgets one fails at import
@@ -25,9 +27,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 
 from crystal.batch import CrystalBatch
+from crystal.config import StrictModel, format_validation_error
 from crystal.device import resolve_device
 from crystal.errors import ConfigError
 
@@ -76,7 +79,7 @@ class Kind(enum.StrEnum):
         raise ConfigError(f"unknown component kind {value!r}; allowed: {allowed}")
 
 
-class ComponentConfig(BaseModel):
+class ComponentConfig(StrictModel):
     """Base of every component config: unknown fields are errors, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -91,6 +94,7 @@ class Component(abc.ABC):
     name: ClassVar[str]
     kind: ClassVar[Kind]
     version: ClassVar[str]
+    description: ClassVar[str] = ""
     Config: ClassVar[type[ComponentConfig]] = ComponentConfig
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "crystal"
@@ -142,7 +146,7 @@ class Component(abc.ABC):
         try:
             return cls.Config.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(_format_validation(exc, f"{cls.kind.singular} {cls.name!r}")) from None
+            raise ConfigError(format_validation_error(exc, f"{cls.kind.singular} {cls.name!r}")) from None
 
     def weights_in_use(self) -> tuple[str, ...]:
         """Named weights this instance uses (recorded with their sha256 in run manifests).
@@ -167,17 +171,6 @@ def _still_abstract(cls: type) -> bool:
         names |= set(getattr(base, "__abstractmethods__", ()))
     names |= {n for n, v in vars(cls).items() if getattr(v, "__isabstractmethod__", False)}
     return any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in names)
-
-
-def _format_validation(exc: ValidationError, where: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown parameter"
-        parts.append(f"{where}: field {loc!r}: {msg}")
-    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- kinds
@@ -217,7 +210,8 @@ class Encoder(Component):
 class GenerationConditions:
     """What a generator is asked for; fields a generator cannot honour must raise.
 
-    ``composition``  reduced formula or element list, e.g. ``"LiFePO4"``
+    ``composition``  a formula unit with whole amounts, e.g. ``"LiFePO4"`` or ``"Ca(OH)2"``
+                     (validated by :func:`crystal.elements.parse_formula`)
     ``chemical_system``  elements to draw compositions from, e.g. ``("Li", "Fe", "O")``
     ``formula_units``  number of formula units ``Z`` per cell
     ``space_groups``  international numbers (1–230) to sample from
@@ -229,7 +223,7 @@ class GenerationConditions:
     space_groups: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        from crystal.elements import atomic_number
+        from crystal.elements import atomic_number, parse_formula
 
         if self.space_groups is not None:
             bad = [sg for sg in self.space_groups if not 1 <= int(sg) <= 230]
@@ -242,8 +236,13 @@ class GenerationConditions:
                 atomic_number(el)
             except ValueError as exc:
                 raise ConfigError(f"conditions: chemical_system: {exc}") from None
-        if self.composition is not None and not self.composition.strip():
-            raise ConfigError("conditions: composition is empty")
+        if self.composition is not None:
+            if not self.composition.strip():
+                raise ConfigError("conditions: composition is empty")
+            try:
+                parse_formula(self.composition)
+            except ValueError as exc:
+                raise ConfigError(f"conditions: composition: {exc}") from None
 
 
 class Generator(Component):

@@ -12,7 +12,7 @@ from importlib import metadata
 import pluggy
 
 from crystal import hookspecs
-from crystal.plugins import _enabled
+from crystal.plugins import is_enabled
 
 __all__ = ["HOOKS_GROUP", "call_isolated", "hook_load_errors", "plugin_manager", "reset_plugin_manager"]
 
@@ -33,7 +33,7 @@ def plugin_manager() -> pluggy.PluginManager:
         for ep in metadata.entry_points(group=HOOKS_GROUP):
             dist = ep.dist.metadata["Name"] if ep.dist is not None else "<unknown>"
             # crystal-core's own hooks (built-in datasets and metrics) are never filtered out
-            if ep.name in seen or (dist != "crystal-core" and not _enabled("hooks", ep.name, dist)):
+            if ep.name in seen or (dist != "crystal-core" and not is_enabled("hooks", ep.name, dist)):
                 continue
             seen.add(ep.name)
             try:

@@ -13,22 +13,46 @@ meta-test fails when a hook here lacks that documentation or a test.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    import torch
     import typer
+    from pymatgen.core import Structure
 
+    from crystal.batch import CrystalBatch
     from crystal.events import PipelineEvent
-    from crystal.registries import DatasetSpec, MetricSpec
 
-__all__ = ["PROJECT", "hookimpl", "hookspec"]
+__all__ = ["PROJECT", "DatasetSpec", "MetricSpec", "hookimpl", "hookspec"]
 
 PROJECT = "crystal"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A named dataset. ``load(limit)`` returns ``(ids, structures)`` (at most ``limit``)."""
+
+    name: str
+    description: str
+    load: Callable[[int | None], tuple[Sequence[str], Sequence[Structure]]]
+    licence: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A named per-crystal metric: ``compute(batch)`` → ``(B,)`` tensor in ``unit``."""
+
+    name: str
+    unit: str
+    description: str
+    compute: Callable[[CrystalBatch], torch.Tensor]
 
 
 @hookspec

@@ -44,9 +44,14 @@ __all__ = [
     "Failure",
     "ReadResult",
     "atomic_write",
+    "check_structure",
     "detect_format",
     "expand_paths",
+    "json_default",
+    "parse_cif",
+    "read_file",
     "read_structures",
+    "short_error",
     "write_structures",
 ]
 
@@ -148,7 +153,7 @@ def read_structures(
     result = ReadResult()
     for path in expand_paths(paths):
         fmt = format or detect_format(path)
-        result.extend(_read_one(path, fmt, id_column))
+        result.extend(read_file(path, fmt, id_column))
         if limit is not None and len(result.ids) >= limit:
             result.ids, result.structures, result.sources = (
                 result.ids[:limit],
@@ -159,7 +164,13 @@ def read_structures(
     return result
 
 
-def _read_one(path: Path, fmt: Format, id_column: str | None) -> ReadResult:
+def read_file(path: Path, fmt: Format | None = None, id_column: str | None = None) -> ReadResult:
+    """Read every structure in one file (format ``fmt``, default: by extension).
+
+    Unreadable, empty or unusable entries are recorded as failures (step ``"read"``);
+    a CSV without a ``cif`` column (or without ``id_column``) raises :class:`ConfigError`.
+    """
+    fmt = fmt or detect_format(path)
     res = ReadResult()
     try:
         text = path.read_text(encoding="utf-8")
@@ -174,7 +185,7 @@ def _read_one(path: Path, fmt: Format, id_column: str | None) -> ReadResult:
             res.failures.append(Failure(ident, "read", error, str(path)))
             continue
         assert structure is not None
-        problem = _check_structure(structure)
+        problem = check_structure(structure)
         if problem:
             res.failures.append(Failure(ident, "read", problem, str(path)))
             continue
@@ -184,7 +195,12 @@ def _read_one(path: Path, fmt: Format, id_column: str | None) -> ReadResult:
     return res
 
 
-def _check_structure(s: Structure) -> str | None:
+def check_structure(s: Structure) -> str | None:
+    """Why ``s`` cannot be used, or ``None`` when it can.
+
+    Rejected: no atoms, NaN/inf coordinates or lattice, a zero-volume cell, partially
+    occupied (disordered) sites.
+    """
     import numpy as np
 
     if len(s) == 0:
@@ -201,14 +217,14 @@ def _check_structure(s: Structure) -> str | None:
 def _parse(text: str, path: Path, fmt: Format, id_column: str | None) -> Iterator[tuple[str, Any, str | None]]:
     stem = path.stem
     if fmt == "cif":
-        yield from _parse_cif(text, stem)
+        yield from parse_cif(text, stem)
     elif fmt == "poscar":
         from pymatgen.io.vasp import Poscar
 
         try:
             yield stem, Poscar.from_str(text).structure, None
         except Exception as exc:  # pymatgen raises many types on malformed input
-            yield stem, None, f"not a valid POSCAR: {_short(exc)}"
+            yield stem, None, f"not a valid POSCAR: {short_error(exc)}"
     elif fmt == "extxyz":
         yield from _parse_extxyz(text, stem)
     elif fmt == "json":
@@ -217,12 +233,18 @@ def _parse(text: str, path: Path, fmt: Format, id_column: str | None) -> Iterato
         yield from _parse_csv(text, stem, path, id_column)
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """``"<ExceptionType>: <first line of the message>"``, at most 300 characters."""
     msg = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
 
 
-def _parse_cif(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]:
+def parse_cif(text: str, stem: str) -> Iterator[tuple[str, Structure | None, str | None]]:
+    """Parse CIF ``text`` into ``(id, structure, None)`` or ``(id, None, reason)`` tuples.
+
+    The id is ``stem`` for a single structure and ``<stem>:<data block>`` for each of
+    several. Malformed text yields one ``(stem, None, reason)``; nothing is raised.
+    """
     from pymatgen.io.cif import CifParser
 
     try:
@@ -232,7 +254,7 @@ def _parse_cif(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]:
             blocks = list(parser._cif.data.keys())
             structures = parser.parse_structures(primitive=False, on_error="ignore")
     except Exception as exc:
-        yield stem, None, f"not a valid CIF: {_short(exc)}"
+        yield stem, None, f"not a valid CIF: {short_error(exc)}"
         return
     if not structures:
         yield stem, None, "CIF contains no readable structure"
@@ -251,7 +273,7 @@ def _parse_extxyz(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]
     try:
         frames = read(io.StringIO(text), index=":", format="extxyz")
     except Exception as exc:
-        yield stem, None, f"not a valid extended XYZ file: {_short(exc)}"
+        yield stem, None, f"not a valid extended XYZ file: {short_error(exc)}"
         return
     for k, atoms in enumerate(frames):
         ident = stem if len(frames) == 1 else f"{stem}:{k}"
@@ -278,7 +300,7 @@ def _parse_json(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]:
         try:
             yield ident, Structure.from_dict(item), None
         except Exception as exc:
-            yield ident, None, f"not a pymatgen Structure dict: {_short(exc)}"
+            yield ident, None, f"not a pymatgen Structure dict: {short_error(exc)}"
 
 
 def _parse_csv(text: str, stem: str, path: Path, id_column: str | None) -> Iterator[tuple[str, Any, str | None]]:
@@ -295,7 +317,7 @@ def _parse_csv(text: str, stem: str, path: Path, id_column: str | None) -> Itera
         if not cif.strip():
             yield ident, None, f"row {k + 2}: field 'cif' is empty"
             continue
-        got = list(_parse_cif(cif, ident))
+        got = list(parse_cif(cif, ident))
         ident, structure, err = got[0]
         yield ident, structure, (f"row {k + 2}: field 'cif': {err}" if err else None)
 
@@ -377,14 +399,16 @@ def write_structures(
     elif format == "json":
         payload = [{"id": ident, "structure": s.as_dict()} for ident, s in zip(ids, structs, strict=True)]
         with atomic_write(target) as fh:
-            json.dump(payload, fh, default=_json_default)
+            json.dump(payload, fh, default=json_default)
         written.append(target)
     else:
         raise ConfigError(f"cannot write structures as {format!r}; allowed: cif, poscar, extxyz, json")
     return written
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``default=`` for :func:`json.dump`: numpy arrays and scalars as lists and numbers,
+    anything else as its ``str``."""
     import numpy as np
 
     if isinstance(obj, np.ndarray):

@@ -16,10 +16,18 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from crystal.errors import DuplicatePluginError, PluginError, PluginLoadError, PluginNotFoundError
-from crystal.manifest import ComponentManifest, PluginManifest, locate_manifest, read_manifest
+from crystal.manifest import (
+    ComponentManifest,
+    NamedWeights,
+    PluginManifest,
+    component_class_problem,
+    component_manifest,
+    locate_manifest,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     from crystal.components import Component
@@ -31,6 +39,7 @@ __all__ = [
     "MANIFEST_GROUP",
     "PluginInfo",
     "check_plugins",
+    "is_enabled",
     "kind_group",
     "list_plugins",
     "load",
@@ -75,7 +84,14 @@ def _split_env(var: str) -> set[str]:
     return {p.strip().lower() for p in os.environ.get(var, "").split(",") if p.strip()}
 
 
-def _enabled(kind: str, name: str, dist: str) -> bool:
+def is_enabled(kind: str, name: str, dist: str) -> bool:
+    """Whether ``CRYSTAL_PLUGINS`` / ``CRYSTAL_DISABLE_PLUGINS`` let plugin ``name`` through.
+
+    ``kind`` is the component kind (or ``"hooks"`` for a hook module), ``dist`` the
+    distribution that provides it; each env entry may name the component, ``kind:name`` or
+    the distribution (case-insensitive). The allowlist, when set, must match; the blocklist
+    must not.
+    """
     keys = {name.lower(), f"{kind}:{name}".lower(), dist.lower()}
     allow, deny = _split_env(ENV_ALLOW), _split_env(ENV_DISABLE)
     if allow and not (keys & allow):
@@ -129,7 +145,7 @@ def list_plugins(kind: str | None = None, *, include_disabled: bool = False) -> 
                 version=version,
                 manifest=comp,
                 manifest_error=error,
-                enabled=_enabled(k, name, dist),
+                enabled=is_enabled(k, name, dist),
                 also_claimed_by=tuple(d for _, d, _ in claims[1:]),
             )
             if info.enabled or include_disabled:
@@ -168,8 +184,6 @@ def load_class(kind: str, name: str) -> type[Component]:
     from stevedore import DriverManager, ExtensionManager
     from stevedore.exception import NoMatches
 
-    from crystal.components import Component, Kind
-
     info = _find(kind, name)
     failures: list[BaseException] = []
 
@@ -197,25 +211,10 @@ def load_class(kind: str, name: str) -> type[Component]:
             f"{info.kind} {name!r} from {info.distribution} {info.version} failed to load "
             f"({info.value}): {type(err).__name__ if failures else ''}{': ' if failures else ''}{err}"
         )
-    base = Kind.parse(info.kind)
-    expected = {
-        Kind.REPRESENTATION: "Representation",
-        Kind.ENCODER: "Encoder",
-        Kind.GENERATOR: "Generator",
-        Kind.CHARACTERIZER: "Characterizer",
-        Kind.POTENTIAL: "Potential",
-    }[base]
-    if not (isinstance(cls, type) and issubclass(cls, Component) and cls.kind is base):
-        raise PluginLoadError(
-            f"{info.kind} {name!r} from {info.distribution}: entry point {info.value} is "
-            f"{cls!r}, not a subclass of crystal.{expected}"
-        )
-    if getattr(cls, "name", None) != name:
-        raise PluginLoadError(
-            f"{info.kind} {name!r} from {info.distribution}: class {cls.__qualname__} declares "
-            f"name {getattr(cls, 'name', None)!r}, but its entry point is named {name!r}"
-        )
-    return cls
+    problem = component_class_problem(cls, info.kind, name)
+    if problem is not None:
+        raise PluginLoadError(f"{info.kind} {name!r} from {info.distribution}: entry point {info.value}: {problem}")
+    return cast("type[Component]", cls)
 
 
 def load(kind: str, name: str, config: Any = None, *, device: str = "auto", **overrides: Any) -> Component:
@@ -232,27 +231,38 @@ class CheckResult:
 
 
 def check_plugins(infos: Iterable[PluginInfo] | None = None) -> list[CheckResult]:
-    """Import every component and compare it with its manifest; never raises."""
+    """Import every component and compare it with its manifest; never raises.
+
+    Every field of the component's ``[[components]]`` entry and of the ``[[weights]]`` it
+    declares must equal what :func:`crystal.manifest.compile_manifest` makes of the class.
+    """
     results = []
+    mans = manifests()
     for info in list_plugins() if infos is None else infos:
         problems: list[str] = []
         if info.manifest_error:
             problems.append(info.manifest_error)
         try:
             cls = load_class(info.kind, info.name)
+            expected = component_manifest(cls)
         except PluginError as exc:
             problems.append(str(exc))
         else:
             m = info.manifest
+            drift: list[str] = []
             if m is not None:
-                for attr in ("consumes", "produces"):
-                    if getattr(cls, attr) != getattr(m, attr):
-                        problems.append(
-                            f"{attr}: class says {getattr(cls, attr)!r}, manifest says {getattr(m, attr)!r}"
-                        )
-                if tuple(cls.weights) != tuple(m.weights):
-                    problems.append(f"weights: class says {cls.weights}, manifest says {m.weights}")
-                if tuple(cls.devices) != tuple(m.devices):
-                    problems.append(f"devices: class says {cls.devices}, manifest says {m.devices}")
+                for attr, want in expected:
+                    have = getattr(m, attr)
+                    if have != want:
+                        drift.append(f"{attr}: class says {want!r}, manifest says {have!r}")
+                manifest = mans.get(info.distribution, (None, None))[0]
+                declared = {w.name: w for w in manifest.weights} if manifest else {}
+                for entry in cls.weights.entries if isinstance(cls.weights, NamedWeights) else ():
+                    if declared.get(entry.name) != entry:
+                        what = "is missing from" if entry.name not in declared else "differs from"
+                        drift.append(f"weights {entry.name!r}: the class's declaration {what} the manifest")
+            if drift:
+                drift.append(f"regenerate the manifest: crystal plugins manifest {info.distribution} --write")
+            problems += drift
         results.append(CheckResult(info, not problems, tuple(problems)))
     return results

@@ -1,42 +1,18 @@
 """Datasets and metrics contributed through the ``register_datasets`` and
-``register_metrics`` hooks."""
+``register_metrics`` hooks.
+
+:class:`DatasetSpec` and :class:`MetricSpec` are defined next to the hooks that take them
+(:mod:`crystal.hookspecs`) and re-exported here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crystal.errors import ConfigError
-
-if TYPE_CHECKING:
-    import torch
-    from pymatgen.core import Structure
-
-    from crystal.batch import CrystalBatch
+from crystal.hookspecs import DatasetSpec, MetricSpec
 
 __all__ = ["DatasetSpec", "MetricSpec", "datasets", "metrics"]
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """A named dataset. ``load(limit)`` returns ``(ids, structures)`` (at most ``limit``)."""
-
-    name: str
-    description: str
-    load: Callable[[int | None], tuple[Sequence[str], Sequence[Structure]]]
-    licence: str = ""
-    source: str = ""
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """A named per-crystal metric: ``compute(batch)`` → ``(B,)`` tensor in ``unit``."""
-
-    name: str
-    unit: str
-    description: str
-    compute: Callable[[CrystalBatch], torch.Tensor]
 
 
 def _collect(hook_name: str, kind: str) -> dict[str, Any]:

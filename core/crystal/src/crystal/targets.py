@@ -20,16 +20,16 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
+
+from crystal.config import StrictModel
 
 __all__ = ["TargetSet", "TargetSpec"]
 
 
-class TargetSpec(BaseModel):
+class TargetSpec(StrictModel):
     """One predicted property."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, description="property name: the data set's column / info key")
     task: Literal["regression", "classification"] = Field("regression", description="regression or classification")

@@ -8,6 +8,9 @@ A weights entry (see :class:`crystal.manifest.WeightsManifest`) names its file a
 * an ``http(s)://`` URL, downloaded once into ``$CRYSTAL_CACHE`` (default
   ``~/.cache/crystal/weights``) and verified before use.
 
+A component declares its weights once, on its class: ``weights = NamedWeights(WeightsManifest(...), ...)``
+(both re-exported here); ``crystal plugins manifest --write`` copies them into the manifest.
+
 Every file is checked against its sha256 before it is handed out;
 :func:`load_state_dict` always uses ``torch.load(..., weights_only=True)``.
 """
@@ -23,12 +26,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crystal.errors import WeightsError
-from crystal.manifest import WeightsManifest
+from crystal.manifest import NamedWeights, WeightsManifest
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["cache_dir", "find_weights", "list_weights", "load_state_dict", "resolve_weights", "sha256sum"]
+__all__ = [
+    "NamedWeights",
+    "WeightsManifest",
+    "cache_dir",
+    "find_weights",
+    "list_weights",
+    "load_state_dict",
+    "resolve_weights",
+    "sha256sum",
+]
 
 
 def cache_dir() -> Path:

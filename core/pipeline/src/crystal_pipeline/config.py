@@ -39,8 +39,9 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from crystal.config import StrictModel
 from crystal.device import DEVICE_PATTERN
 from crystal.errors import ConfigError
 from crystal.specs import parse_value
@@ -71,11 +72,7 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PipelineMeta(_Strict):
+class PipelineMeta(StrictModel):
     name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_.-]+$", description="run name (used in the run directory)")
     description: str = ""
     seed: int = Field(0, ge=0, description="seed for torch, numpy and generators")
@@ -87,7 +84,7 @@ class PipelineMeta(_Strict):
 
 
 # ------------------------------------------------------------------------ sources
-class FilesSource(_Strict):
+class FilesSource(StrictModel):
     type: Literal["files"]
     paths: list[str] = Field(min_length=1, description="files, directories or globs, relative to the pipeline file")
     format: Literal["cif", "poscar", "extxyz", "json", "csv"] | None = Field(None, description="default: by extension")
@@ -95,13 +92,13 @@ class FilesSource(_Strict):
     id_column: str | None = Field(None, description="CSV column holding ids (default: material_id, id or cif_id)")
 
 
-class DatasetSource(_Strict):
+class DatasetSource(StrictModel):
     type: Literal["dataset"]
     name: str = Field(description="a dataset registered through the register_datasets hook")
     limit: int | None = Field(None, ge=1, description="use at most this many structures")
 
 
-class GenerateSource(_Strict):
+class GenerateSource(StrictModel):
     type: Literal["generate"]
     generator: str = Field(description="name of an installed generator plugin")
     num_samples: int = Field(ge=1, description="crystals to generate")
@@ -119,7 +116,7 @@ Source = Annotated[FilesSource | DatasetSource | GenerateSource, Field(discrimin
 _ID = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 
-class _Step(_Strict):
+class _Step(StrictModel):
     id: str = Field(pattern=_ID, description="unique step id (used by --set and in errors)")
 
 
@@ -237,7 +234,7 @@ class MetricsStep(_Step):
     names: list[str] = Field(min_length=1)
 
 
-class Condition(_Strict):
+class Condition(StrictModel):
     column: str
     op: Literal["<", "<=", ">", ">=", "==", "!="]
     value: float
@@ -335,7 +332,7 @@ MAP_STEPS = ("validate", "relax", "md", "predict", "characterize", "metrics")
 
 
 # ------------------------------------------------------------------------ sinks
-class StructureSink(_Strict):
+class StructureSink(StrictModel):
     """Write the crystals that survive every step."""
 
     type: Literal["cif", "poscar", "extxyz", "json"]
@@ -349,7 +346,7 @@ class StructureSink(_Strict):
         return self
 
 
-class CsvSink(_Strict):
+class CsvSink(StrictModel):
     """A table of the surviving crystals: id, formula, and the chosen (or all) columns."""
 
     type: Literal["csv"]
@@ -360,7 +357,7 @@ class CsvSink(_Strict):
 Sink = Annotated[StructureSink | CsvSink, Field(discriminator="type")]
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictModel):
     pipeline: PipelineMeta = Field(default_factory=PipelineMeta)
     source: Source
     steps: list[Step] = Field(default_factory=list)

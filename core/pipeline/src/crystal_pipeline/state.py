@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from crystal.batch import CrystalBatch
-from crystal.io import Failure, _json_default
+from crystal.io import Failure, json_default
 
 __all__ = ["Dropped", "StageOutput", "load_checkpoint", "save_checkpoint"]
 
@@ -49,7 +49,7 @@ def save_checkpoint(path: Path, out: StageOutput) -> None:
         "crystal_properties": dict(b.crystal_properties),
         "atom_properties": dict(b.atom_properties),
         "ids": list(b.ids),
-        "info_json": json.dumps(b.info, default=_json_default),
+        "info_json": json.dumps(b.info, default=json_default),
         "failures": [[f.id, f.step, f.reason, f.source] for f in out.failures],
         "dropped": [[d.id, d.step, d.status, d.reason] for d in out.dropped],
     }

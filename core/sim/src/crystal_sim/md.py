@@ -44,9 +44,10 @@ import torch
 from ase.data import atomic_masses
 from ase.units import fs as ASE_FS
 from ase.units import kB as ASE_KB
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from crystal.batch import CrystalBatch
+from crystal.config import StrictModel
 from crystal.errors import ConfigError, StructureError
 
 if TYPE_CHECKING:
@@ -57,10 +58,9 @@ __all__ = ["MDConfig", "MDResult", "MDState", "maxwell_boltzmann_velocities", "r
 DEFAULT_FRICTION = 0.01  # 1/fs, used for nvt-langevin when no friction is given
 
 
-class MDConfig(BaseModel):
+class MDConfig(StrictModel):
     """What to integrate, for how long and at which temperature."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     ensemble: Literal["nve", "nvt-langevin"] = Field("nve", description="velocity Verlet or BAOAB Langevin")
     timestep: float = Field(1.0, gt=0, description="time step, fs")
     steps: int = Field(100, ge=0, description="number of MD steps")

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from crystal.batch import CrystalBatch
+from crystal.config import StrictModel
 from crystal.errors import ConfigError, StructureError
 
 if TYPE_CHECKING:
@@ -37,10 +38,9 @@ if TYPE_CHECKING:
 __all__ = ["FireConfig", "RelaxConfig", "RelaxResult", "relax"]
 
 
-class FireConfig(BaseModel):
+class FireConfig(StrictModel):
     """FIRE parameters (ASE's defaults; Bitzek et al., PRL 97, 170201 (2006))."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     dt: float = Field(0.1, gt=0, description="initial time step (ASE units)")
     dt_max: float = Field(1.0, gt=0, description="largest time step")
     max_step: float = Field(0.2, gt=0, description="largest displacement per step over all DOF of a crystal, Å")
@@ -51,10 +51,9 @@ class FireConfig(BaseModel):
     f_alpha: float = Field(0.99, gt=0, le=1, description="mixing decay factor")
 
 
-class RelaxConfig(BaseModel):
+class RelaxConfig(StrictModel):
     """What to relax and when to stop."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     fmax: float = Field(0.1, gt=0, description="convergence threshold on every generalised force row, eV/Å")
     max_steps: int = Field(500, ge=0, description="FIRE steps per crystal at most")
     relax_cell: bool = Field(True, description="relax the lattice too (Fréchet cell filter)")

@@ -37,8 +37,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from crystal.config import StrictModel
 from crystal.errors import ConfigError
 from crystal.specs import parse_value
 from crystal.targets import TargetSpec
@@ -46,11 +47,7 @@ from crystal.targets import TargetSpec
 __all__ = ["DataConfig", "OptimConfig", "TrainConfig", "TrainerConfig", "load_train_config", "parse_train_config"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Where the labelled structures come from and how they are split."""
 
     train: list[str] = Field(
@@ -92,7 +89,7 @@ class DataConfig(_Strict):
         return self
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     """Optimiser, learning-rate schedule and loss-side options."""
 
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="torch.optim optimiser")
@@ -122,7 +119,7 @@ class OptimConfig(_Strict):
         return self
 
 
-class TrainerConfig(_Strict):
+class TrainerConfig(StrictModel):
     """How long, on what, and how the run is checkpointed (PyTorch Lightning ``Trainer``)."""
 
     max_epochs: int = Field(100, ge=1, description="maximum number of epochs")
@@ -147,7 +144,7 @@ class TrainerConfig(_Strict):
     )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """One training run of one encoder."""
 
     encoder: str = Field(min_length=1, description="encoder plugin name (`crystal plugins list`)")

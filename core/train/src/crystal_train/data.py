@@ -34,7 +34,7 @@ import torch
 
 from crystal.batch import CrystalBatch
 from crystal.errors import ConfigError, StructureError
-from crystal.io import Failure, _check_structure, _parse_cif, _short, detect_format, expand_paths
+from crystal.io import Failure, check_structure, detect_format, expand_paths, parse_cif, short_error
 from crystal.targets import TargetSpec
 
 __all__ = ["LabelledData", "read_labelled", "split_indices"]
@@ -73,7 +73,7 @@ def _rows_csv(path: Path) -> Iterator[_Row]:
         if not cif.strip():
             yield ident, None, f"row {k + 2}: field 'cif' is empty", labels, {}, str(path)
             continue
-        _, structure, err = next(_parse_cif(cif, ident))
+        _, structure, err = next(parse_cif(cif, ident))
         yield ident, structure, (f"row {k + 2}: field 'cif': {err}" if err else None), labels, {}, str(path)
 
 
@@ -94,7 +94,7 @@ def _is_number(text: str) -> bool:
 
 
 def _rows_id_prop(folder: Path) -> Iterator[_Row]:
-    from crystal.io import _read_one
+    from crystal.io import read_file
 
     table = folder / "id_prop.csv"
     rows = [r for r in csv.reader(io.StringIO(table.read_text(encoding="utf-8"))) if r and any(c.strip() for c in r)]
@@ -116,7 +116,7 @@ def _rows_id_prop(folder: Path) -> Iterator[_Row]:
             yield ident, None, f"{where}: no structure file for id {ident!r} in {folder}", labels, {}, str(table)
             continue
         try:
-            res = _read_one(path, detect_format(path), None)
+            res = read_file(path, detect_format(path), None)
         except ConfigError as exc:
             yield ident, None, str(exc), labels, {}, str(path)
             continue
@@ -134,7 +134,7 @@ def _rows_extxyz(path: Path) -> Iterator[_Row]:
     try:
         frames = read(str(path), index=":", format="extxyz")
     except Exception as exc:
-        yield path.stem, None, f"not a valid extended XYZ file: {_short(exc)}", {}, {}, str(path)
+        yield path.stem, None, f"not a valid extended XYZ file: {short_error(exc)}", {}, {}, str(path)
         return
     for k, atoms in enumerate(frames):
         ident = str(atoms.info.get("id", path.stem if len(frames) == 1 else f"{path.stem}:{k}"))
@@ -182,7 +182,7 @@ def _rows_json(path: Path) -> Iterator[_Row]:
         try:
             structure = Structure.from_dict(item["structure"])
         except Exception as exc:
-            yield ident, None, f"item {k}: not a pymatgen Structure dict: {_short(exc)}", labels, {}, str(path)
+            yield ident, None, f"item {k}: not a pymatgen Structure dict: {short_error(exc)}", labels, {}, str(path)
             continue
         yield ident, structure, None, labels, {}, str(path)
 
@@ -264,7 +264,7 @@ def read_labelled(
         if limit is not None and len(ids) >= limit:
             break
         if error is None and structure is not None:
-            error = _check_structure(structure)
+            error = check_structure(structure)
         if error is not None or structure is None:
             failures.append(Failure(ident, "read", error or "no structure", source))
             continue

@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from crystal.config import StrictModel
 from crystal.errors import ConfigError
 from crystal.io import atomic_write
 
@@ -48,10 +49,8 @@ __all__ = ["FitConfig", "FitResult", "TensorData", "fit_model"]
 log = logging.getLogger("crystal_train")
 
 
-class FitConfig(BaseModel):
+class FitConfig(StrictModel):
     """Optimisation settings of :func:`fit_model`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_epochs: int = Field(100, ge=1, description="maximum number of epochs")
     batch_size: int = Field(32, ge=1, description="items (crystals, sequences, patterns) per step and process")

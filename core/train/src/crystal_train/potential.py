@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from crystal.batch import CrystalBatch
+from crystal.config import StrictModel
 from crystal.errors import ConfigError, StructureError
 from crystal.io import Failure, atomic_write
 from crystal.targets import TargetSpec
@@ -55,11 +56,7 @@ __all__ = [
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PotentialDataConfig(_Strict):
+class PotentialDataConfig(StrictModel):
     """Labelled structures for a potential and how they are split."""
 
     train: list[str] = Field(min_length=1, description="training data: extended XYZ, CSV with cif, JSON (globs ok)")
@@ -76,7 +73,7 @@ class PotentialDataConfig(_Strict):
     on_error: Literal["skip", "raise"] = Field("skip", description="unusable row: skip and report, or stop")
 
 
-class LossWeights(_Strict):
+class LossWeights(StrictModel):
     """Weights of the mean squared errors in the loss (MACE's defaults: 1 and 100)."""
 
     energy: float = Field(1.0, ge=0, description="weight of MSE(energy per atom), (eV/atom)⁻²")
@@ -96,7 +93,7 @@ _POTENTIAL_FIT_DEFAULTS = {
 }
 
 
-class PotentialTrainConfig(_Strict):
+class PotentialTrainConfig(StrictModel):
     """One training run of one potential."""
 
     potential: str = Field(min_length=1, description="potential plugin name (`crystal plugins list`)")

@@ -39,6 +39,8 @@ class DensityEncoder(Encoder):
 
     name = "example-density"
     version = "0.1.0"
+    #: one line for `crystal plugins list` (copied into crystal_plugin.toml by `crystal plugins manifest --write`)
+    description = "Mass density (g/cm^3) from standard atomic weights and the cell volume; exact, no weights"
     Config: ClassVar[type[ComponentConfig]] = DensityConfig
     consumes = "crystal"
     produces = "properties"

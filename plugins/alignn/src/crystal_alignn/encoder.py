@@ -9,19 +9,73 @@ and of the reference ``ALIGNNConfig`` (``usnistgov/alignn``, ``alignn/models/ali
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
 
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal.targets import TargetSet
 from crystal.trainable import EncoderConfig, TrainableEncoder
 
 __all__ = ["ALIGNNConfig", "ALIGNNEncoder"]
 
 
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="alignn-perov5-heat-ref",
+        file="package:crystal_alignn/weights/alignn-perov5-heat-ref.pt",
+        sha256="6f0588ec2e72b9cafb364a7cf25d74526864fcafa0a1c7912d17ea5e2943da7f",
+        licence="MIT",
+        training_data=(
+            "Perov-5 (CDVAE splits): val.csv: 3408 structures for training + 379 held out for model selection "
+            "(seed 0), tested on test.csv (3785)"
+        ),
+        description=(
+            "ALIGNN, reference architecture at reduced width (hidden 64, embedding 32; paper 256/64), predicting "
+            "heat_ref, the heat of formation of the 5-atom perovskite cell (eV); the benchmarks/encoders.py run; "
+            "30 epochs (best 28), 267,393 parameters; model card: weights/alignn-perov5-heat-ref.md"
+        ),
+        metrics={
+            "test_heat_ref_mae_eV": 0.08175,
+            "test_heat_ref_rmse_eV": 0.11199,
+            "val_heat_ref_mae_eV": 0.07406,
+            "val_heat_ref_rmse_eV": 0.0976,
+        },
+    ),
+    WeightsManifest(
+        name="alignn-carbon24-energy",
+        file="package:crystal_alignn/weights/alignn-carbon24-energy.pt",
+        sha256="720af952b4aa55a8269b01ce4e2a02f01fc5d3c7fa199e5bca666dd497dfc779",
+        licence="MIT",
+        training_data=(
+            "Carbon-24 (CDVAE splits): val.csv: 1829 structures for training + 203 held out for model selection "
+            "(seed 0), tested on test.csv (2030)"
+        ),
+        description=(
+            "ALIGNN at reduced width (hidden 64, embedding 32) with unnormalised edge gates (gate_normalization "
+            "= none, a documented deviation: with the reference's normalised gates every Carbon-24 polymorph "
+            "gets the same prediction) predicting energy_per_atom (eV/atom); 30 epochs (best 28), 267,393 "
+            "parameters; model card: weights/alignn-carbon24-energy.md"
+        ),
+        metrics={
+            "test_energy_per_atom_mae_eV_per_atom": 0.01532,
+            "test_energy_per_atom_rmse_eV_per_atom": 0.02479,
+            "val_energy_per_atom_mae_eV_per_atom": 0.01469,
+            "val_energy_per_atom_rmse_eV_per_atom": 0.02256,
+        },
+    ),
+)
+
+
 class ALIGNNConfig(EncoderConfig):
     """Architecture of :class:`ALIGNNEncoder` (names as in the reference ``ALIGNNConfig``)."""
+
+    weights: Annotated[str, WEIGHTS] | None = Field(
+        None, description="named weights shipped with the plugin (`crystal plugins info`)"
+    )
 
     bond_rbf_max: float = Field(
         8.0,
@@ -63,12 +117,17 @@ class ALIGNNEncoder(TrainableEncoder):
 
     name: ClassVar[str] = "alignn"
     version: ClassVar[str] = "0.1.0"
+    description = (
+        "ALIGNN property predictor (trainable): edge-gated graph convolutions on the 12-nearest-neighbour atom "
+        "graph and its bond-angle line graph; structure targets in their training unit, per-atom targets "
+        "optional"
+    )
     Config: ClassVar[type[EncoderConfig]] = ALIGNNConfig
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     #: weights trained by us and shipped in the package (model cards in crystal_alignn/weights/)
-    weights: ClassVar[tuple[str, ...]] = ("alignn-perov5-heat-ref", "alignn-carbon24-energy")
+    weights: ClassVar[tuple[str, ...]] = WEIGHTS
     #: the derived element features cover Z = 1-100
     max_atomic_number: ClassVar[int] = 100
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig
 from crystal.errors import ConfigError, StructureError, WeightsError
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal.targets import TargetSet, TargetSpec
 from crystal.trainable import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RUNTIME_FIELDS, EncoderConfig, TrainableEncoder
 from crystal_cgcnn.features import derived_atom_features, load_atom_init
@@ -44,13 +45,64 @@ _HEX64 = r"^[0-9a-f]{64}$"
 _ORIGINAL_ARCH = ("atom_fea_len", "n_conv", "h_fea_len", "n_h")
 
 
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="cgcnn-perov5-heat-ref",
+        file="package:crystal_cgcnn/weights/cgcnn-perov5-heat-ref.pt",
+        sha256="ff6fa6bf93efe82a16cd269a45da6a3be10eba6ccb07776d56f5e8547dda9443",
+        licence="MIT",
+        training_data=(
+            "Perov-5 (CDVAE splits): val.csv: 3408 structures for training + 379 held out for model selection "
+            "(seed 0), tested on test.csv (3785)"
+        ),
+        description=(
+            "CGCNN (paper defaults) predicting heat_ref, the heat of formation of the 5-atom perovskite cell "
+            "(eV); 200 epochs (best 149), 80,897 parameters; model card: weights/cgcnn-perov5-heat-ref.md"
+        ),
+        metrics={
+            "test_heat_ref_mae_eV": 0.073,
+            "test_heat_ref_rmse_eV": 0.10444,
+            "val_heat_ref_mae_eV": 0.06719,
+            "val_heat_ref_rmse_eV": 0.08967,
+        },
+    ),
+    WeightsManifest(
+        name="cgcnn-carbon24-energy",
+        file="package:crystal_cgcnn/weights/cgcnn-carbon24-energy.pt",
+        sha256="654a78ed3921c691c72a46ba2af0ca30d54065fb71440918574dea2f804a7302",
+        licence="MIT",
+        training_data=(
+            "Carbon-24 (CDVAE splits): val.csv: 1829 structures for training + 203 held out for model selection "
+            "(seed 0), tested on test.csv (2030)"
+        ),
+        description=(
+            "CGCNN (paper defaults) predicting energy_per_atom of carbon polymorphs (eV/atom); BatchNorm "
+            "statistics recomputed before each validation; 150 epochs (best 133), 80,897 parameters; model card: "
+            "weights/cgcnn-carbon24-energy.md"
+        ),
+        metrics={
+            "test_energy_per_atom_mae_eV_per_atom": 0.01097,
+            "test_energy_per_atom_rmse_eV_per_atom": 0.01954,
+            "val_energy_per_atom_mae_eV_per_atom": 0.01178,
+            "val_energy_per_atom_rmse_eV_per_atom": 0.01955,
+        },
+    ),
+)
+
+
 class CGCNNConfig(EncoderConfig):
     """Hyperparameters of :class:`CGCNNEncoder` (defaults: Xie & Grossman 2018 / the original code).
 
-    Inherited: ``weights``, ``checkpoint`` (a crystal checkpoint *or* an original CGCNN
-    ``.pth.tar``, detected from its content), ``sha256`` (required for an original
-    checkpoint), ``targets``, ``seed``.
+    ``weights`` takes the names of :data:`WEIGHTS`. Inherited: ``checkpoint`` (a crystal
+    checkpoint *or* an original CGCNN ``.pth.tar``, detected from its content), ``sha256``
+    (required for an original checkpoint), ``targets``, ``seed``.
     """
+
+    weights: Annotated[str, WEIGHTS] | None = Field(
+        None, description="named weights shipped with the plugin (`crystal plugins info`)"
+    )
 
     atom_init: Path | None = Field(
         None,
@@ -188,12 +240,17 @@ class CGCNNEncoder(TrainableEncoder):
 
     name: ClassVar[str] = "cgcnn"
     version: ClassVar[str] = "0.2.0"
+    description = (
+        "CGCNN property predictor, trainable (structure-level regression/classification and per-atom targets, "
+        "paper defaults); also loads the original published checkpoints (.pth.tar + atom_init.json) and "
+        "reproduces their predictions"
+    )
     Config: ClassVar[type[ComponentConfig]] = CGCNNConfig
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     #: weights trained by us and shipped in the package (model cards in crystal_cgcnn/weights/)
-    weights: ClassVar[tuple[str, ...]] = ("cgcnn-perov5-heat-ref", "cgcnn-carbon24-energy")
+    weights: ClassVar[tuple[str, ...]] = WEIGHTS
 
     config: CGCNNConfig
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -36,6 +36,7 @@ from pydantic import Field
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig, Potential, PotentialOutput
 from crystal.errors import StructureError, WeightsError
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal.weights import load_state_dict
 
 if TYPE_CHECKING:
@@ -53,10 +54,60 @@ _CHECKPOINTS: dict[str, tuple[str, bool]] = {
 }
 
 
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="chgnet-0.3.0",
+        file="package:chgnet/pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar",
+        sha256="d14ab7c0f093efe64b60a7bcd540bca10e74fb7f46c86108a079af60524659d1",
+        licence="BSD-3-Clause-LBNL",
+        training_data="MPtrj (Materials Project trajectories, 1.58 M structures)",
+        description=(
+            "CHGNet v0.3.0 (2023-10-22): atom-graph cutoff 6 Å, bond-graph cutoff 3 Å, 412,525 parameters; "
+            "shipped in the chgnet wheel"
+        ),
+        metrics={
+            "split": "MPtrj random 90/5/5 train/val/test (chgnet pretrained/0.3.0/README.md)",
+            "energy_mae_test_meV_per_atom": 29,
+            "force_mae_test_meV_per_A": 68,
+            "stress_mae_test_GPa": 0.314,
+            "magmom_mae_test_muB": 0.037,
+            "energy_mae_val_meV_per_atom": 29,
+            "force_mae_val_meV_per_A": 70,
+            "stress_mae_val_GPa": 0.308,
+            "magmom_mae_val_muB": 0.037,
+        },
+    ),
+    WeightsManifest(
+        name="chgnet-0.2.0",
+        file="package:chgnet/pretrained/0.2.0/chgnet_0.2.0_e30f77s348m32.pth.tar",
+        sha256="ef624f78b6db9d315b4ef256f1bb3207449924191b91720dc17d3f60c5df980e",
+        licence="BSD-3-Clause-LBNL",
+        training_data="MPtrj (Materials Project trajectories, 1.58 M structures)",
+        description=(
+            "CHGNet v0.2.0 (2023-02-24), the weights of the Nature Machine Intelligence paper: atom-graph cutoff "
+            "5 Å, bond-graph cutoff 3 Å, 400,438 parameters; shipped in the chgnet wheel"
+        ),
+        metrics={
+            "split": "MPtrj random 80/10/10 train/val/test (chgnet pretrained/0.2.0/README.md; Deng et al. 2023)",
+            "energy_mae_test_meV_per_atom": 30,
+            "force_mae_test_meV_per_A": 77,
+            "stress_mae_test_GPa": 0.348,
+            "magmom_mae_test_muB": 0.032,
+            "energy_mae_val_meV_per_atom": 30,
+            "force_mae_val_meV_per_A": 75,
+            "stress_mae_val_GPa": 0.35,
+            "magmom_mae_val_muB": 0.033,
+        },
+    ),
+)
+
+
 class CHGNetConfig(ComponentConfig):
     """Settings of the CHGNet potential."""
 
-    weights: Literal["chgnet-0.3.0", "chgnet-0.2.0"] = Field(
+    weights: Annotated[str, WEIGHTS] = Field(
         "chgnet-0.3.0",
         description="pretrained weights: 'chgnet-0.3.0' (atom-graph cutoff 6 Å, default) or "
         "'chgnet-0.2.0' (the paper's weights, cutoff 5 Å)",
@@ -111,11 +162,15 @@ class CHGNetPotential(Potential):
 
     name = "chgnet"
     version = "0.1.0"
+    description = (
+        "CHGNet pretrained universal potential: total energy (eV), forces (eV/Å) and stress (eV/Å³, ASE sign) of "
+        "batched crystals, elements H–Pu (Z = 1–94)"
+    )
     Config: ClassVar[type[ComponentConfig]] = CHGNetConfig
     consumes = "crystal"
     produces = "energy+forces+stress"
     devices = ("cpu", "cuda")
-    weights = ("chgnet-0.3.0", "chgnet-0.2.0")
+    weights = WEIGHTS
     default_weights = "chgnet-0.3.0"
     #: CHGNet's atom embedding covers H (1) to Pu (94)
     elements: ClassVar[frozenset[int] | None] = frozenset(range(1, 95))

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from crystal.elements import SYMBOLS
+from crystal.elements import parse_formula
 from crystal.errors import ConfigError, StructureError
 from crystal_crystallm.spacegroups import SPACE_GROUP_SYMBOLS
 from crystal_crystallm.vocab import ELEMENTS
@@ -64,40 +64,29 @@ _NOBLE_VDW_RADIUS = {"He": 1.40, "Ne": 1.54, "Ar": 1.88, "Kr": 2.02, "Xe": 2.16,
 _NUMBER = re.compile(r"[-+]?\d*\.\d+(?:[eE][-+]?\d+)?")
 _SPACES = re.compile(r"[ \t]+")
 _ELEMENT_SET = frozenset(ELEMENTS)
-_KNOWN = frozenset(SYMBOLS)
 
 
 # --------------------------------------------------------------------------- compositions
 def parse_composition(text: str, where: str = "crystallm") -> Composition:
     """``"SrTiO3"`` → pymatgen ``Composition`` with whole, positive counts of vocabulary elements.
 
-    Raises :class:`~crystal.errors.ConfigError` naming the composition for an unparseable
-    formula, an unknown element, an element outside CrystaLLM's 89, a fractional or zero count.
+    The formula is read by :func:`crystal.elements.parse_formula`; raises
+    :class:`~crystal.errors.ConfigError` prefixed with ``where`` for an unparseable formula,
+    an unknown element, a fractional count, no atoms, or an element outside CrystaLLM's 89.
     """
     from pymatgen.core import Composition
 
-    if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"{where}: composition must be a formula such as 'SrTiO3', got {text!r}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            comp = Composition(text.strip())
-    except Exception as exc:  # pymatgen raises ValueError/KeyError/... on bad formulas
-        raise ConfigError(f"{where}: cannot parse composition {text!r}: {exc}") from None
-    if comp.num_atoms <= 0 or len(comp) == 0:
-        raise ConfigError(f"{where}: composition {text!r} contains no atoms")
-    for el, amount in comp.items():
-        sym = str(getattr(el, "symbol", el))
-        if sym not in _KNOWN:
-            raise ConfigError(f"{where}: composition {text!r}: unknown element {sym!r}")
+        amounts = parse_formula(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    for sym in amounts:
         if sym not in _ELEMENT_SET:
             raise ConfigError(
                 f"{where}: composition {text!r}: element {sym} is not in CrystaLLM's vocabulary "
                 f"(89 elements H–Pu without Po, At, Rn, Fr, Ra)"
             )
-        if amount <= 0 or abs(amount - round(amount)) > 1e-8:
-            raise ConfigError(f"{where}: composition {text!r}: {sym} has amount {amount:g}; counts must be whole")
-    return comp
+    return Composition(amounts)
 
 
 def cell_formula(composition: Composition) -> str:

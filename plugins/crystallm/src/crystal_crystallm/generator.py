@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from pydantic import Field, field_validator, model_validator
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig, GenerationConditions, Generator
 from crystal.errors import ConfigError
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal_crystallm.canonical import make_prompt, parse_composition
 from crystal_crystallm.checks import CIFCheck, check_cif
 from crystal_crystallm.model import CrystaLLMNet
@@ -58,10 +59,34 @@ __all__ = ["CrystaLLMConfig", "CrystaLLMGenerator", "GenerationReport", "Request
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = ("crystallm-perov5",)
 SpaceGroupNumber = Annotated[int, Field(ge=1, le=230)]
 FormulaUnits = Annotated[int, Field(ge=1, le=64)]
 _HEX64 = r"^[0-9a-fA-F]{64}$"
+
+
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="crystallm-perov5",
+        file="package:crystal_crystallm/weights/crystallm-perov5.pt",
+        sha256="fccb2a52cd166d631408abf264f3a4614cffe0531053a65d44c7d2f69c2ab88a",
+        licence="MIT",
+        training_data=(
+            "Perov-5 (CDVAE splits): val.csv canonicalised as CrystaLLM does: 3408 CIFs for training + 379 held "
+            "out for model selection (seed 0); evaluated on test.csv"
+        ),
+        description=(
+            "CrystaLLM GPT, 4 layers x 4 heads, d=64, context 512 (256,832 parameters), 10 epochs on one CPU "
+            "thread (968 s + 684 s); model card: weights/crystallm-perov5.md"
+        ),
+        metrics={
+            "val_loss_nats_per_token": 0.1325,
+            "val_perplexity": 1.1417,
+            "val_next_token_accuracy": 0.9509,
+        },
+    ),
+)
 
 
 class CrystaLLMConfig(ComponentConfig):
@@ -76,7 +101,7 @@ class CrystaLLMConfig(ComponentConfig):
     space_groups: tuple[SpaceGroupNumber, ...] | None = Field(
         None, min_length=1, description="international numbers 1–230 to prompt with (uniformly); None: model's choice"
     )
-    weights: Literal["crystallm-perov5"] | None = Field(
+    weights: Annotated[str, WEIGHTS] | None = Field(
         None, description="shipped weights (model cards in crystal_crystallm/weights/); default crystallm-perov5"
     )
     checkpoint: Path | None = Field(None, description="a CrystaLLM checkpoint file (python -m crystal_crystallm.train)")
@@ -174,6 +199,11 @@ class CrystaLLMGenerator(Generator):
 
     name = "crystallm"
     version = "0.1.0"
+    description = (
+        "GPT decoder on canonical CIF tokens; prompted by composition × Z and optionally space group; KV-cached "
+        "batched top-k sampling; returns only CIFs that parse, match the prompt's formula, have reasonable bond "
+        "lengths and a consistent space group"
+    )
     Config = CrystaLLMConfig
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     weights: ClassVar[tuple[str, ...]] = WEIGHTS

@@ -29,20 +29,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
+from crystal.config import StrictModel
 from crystal.errors import ConfigError
 from crystal_crystallm.vocab import PAD, TOKENS, VOCAB_SIZE
 
 __all__ = ["CrystaLLMNet", "GPTConfig", "KVCache"]
 
 
-class GPTConfig(BaseModel):
+class GPTConfig(StrictModel):
     """Architecture of the decoder. Defaults: ours (CPU-sized); the paper's small model is
     ``n_layer=8, n_head=8, n_embd=512, block_size=1024, dropout=0.1`` (25.4 M parameters)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     block_size: int = Field(512, ge=8, description="context length, tokens")
     n_layer: int = Field(4, ge=1, description="transformer blocks")

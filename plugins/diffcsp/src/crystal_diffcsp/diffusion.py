@@ -24,9 +24,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from crystal.config import StrictModel
 from crystal_diffcsp.cspnet import MAX_ATOMIC_NUMBER, CSPNet
 from crystal_diffcsp.embeddings import SinusoidalTimeEmbedding
 from crystal_diffcsp.graph import fully_connected_edges
@@ -39,10 +40,8 @@ __all__ = ["DiffCSP", "DiffCSPModelConfig", "SampleResult"]
 MAX_ATOMS = 100
 
 
-class DiffCSPModelConfig(BaseModel):
+class DiffCSPModelConfig(StrictModel):
     """Architecture and diffusion hyper-parameters (saved with the weights). Defaults = the paper's."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Literal["csp", "ab_initio"] = Field(
         "csp", description="'csp': composition given, lattice + coordinates diffused; 'ab_initio': atom types too"

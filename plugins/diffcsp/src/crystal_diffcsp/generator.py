@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,44 +33,83 @@ from pydantic import Field, field_validator
 
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig, GenerationConditions, Generator
-from crystal.elements import SYMBOLS
+from crystal.elements import SYMBOLS, atomic_number, parse_formula
 from crystal.errors import ConfigError
+from crystal.manifest import NamedWeights, WeightsManifest
 
 __all__ = ["DEFAULT_COMPOSITIONS", "DEFAULT_WEIGHTS", "DiffCSPConfig", "DiffCSPGenerator", "parse_composition"]
 
 log = logging.getLogger(__name__)
 
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="diffcsp-perov5-csp",
+        file="package:crystal_diffcsp/weights/diffcsp-perov5-csp.pt",
+        sha256="0896ac7f362d5f1f11ee83c16c0b1e9e38c10dc44cfa2c3a760e3f6819d3c3d1",
+        licence="MIT",
+        training_data=(
+            "Perov-5 (CDVAE splits): val.csv: 3408 structures for training + 379 held out for model selection "
+            "(seed 0), tested on the first 200 (k = 1) and 10 (k = 20) structures of test.csv"
+        ),
+        description=(
+            "DiffCSP crystal structure prediction (composition given), small CSPNet (H 128, 4 layers, 64 "
+            "frequencies, time embedding 128; 644,992 parameters), 100 epochs (best 91) on 1 CPU thread; model "
+            "card: weights/diffcsp-perov5-csp.md"
+        ),
+        metrics={
+            "val_loss": 0.87255,
+            "val_loss_lattice": 0.34383,
+            "val_loss_coord": 0.52872,
+            "test_first200_k1_match_rate_percent": 21.5,
+            "test_first200_k1_rmse_normalised": 0.4338,
+            "test_first10_k20_match_rate_percent": 90.0,
+            "test_first10_k20_rmse_normalised": 0.3636,
+        },
+    ),
+    WeightsManifest(
+        name="diffcsp-carbon24-csp",
+        file="package:crystal_diffcsp/weights/diffcsp-carbon24-csp.pt",
+        sha256="0b62afbc7132f8a31e5f672850e004f6407066076f6f30aebc1bb115bf21c1fd",
+        licence="MIT",
+        training_data=(
+            "Carbon-24 (CDVAE splits): val.csv: 1829 structures for training + 203 held out for model selection "
+            "(seed 0), tested on the first 60 (k = 1, T = 1000) and 200 / 10 (k = 1 / k = 20, 100 steps) "
+            "structures of test.csv"
+        ),
+        description=(
+            "DiffCSP crystal structure prediction for carbon (composition C_n given), small CSPNet (H 128, 4 "
+            "layers, 64 frequencies, time embedding 128; 644,992 parameters), 150 epochs (best 145) on 1 CPU "
+            "thread; model card: weights/diffcsp-carbon24-csp.md"
+        ),
+        metrics={
+            "val_loss": 1.40385,
+            "val_loss_lattice": 0.48528,
+            "val_loss_coord": 0.91857,
+            "test_first60_k1_match_rate_percent": 36.67,
+            "test_first60_k1_rmse_normalised": 0.4266,
+            "test_first200_k1_steps100_match_rate_percent": 20.5,
+            "test_first10_k20_steps100_match_rate_percent": 80.0,
+        },
+    ),
+)
+
+
 #: default named weights per mode (None: no shipped weights for that mode; pass `checkpoint`)
 DEFAULT_WEIGHTS: dict[str, str | None] = {"csp": "diffcsp-perov5-csp", "ab_initio": None}
-NamedWeights = Literal["diffcsp-perov5-csp", "diffcsp-carbon24-csp"]
 #: composition used in csp mode when neither the conditions nor the config give one (named weights only)
 DEFAULT_COMPOSITIONS: dict[str, str] = {"diffcsp-perov5-csp": "SrTiO3", "diffcsp-carbon24-csp": "C8"}
-_Z_OF = {s: i + 1 for i, s in enumerate(SYMBOLS)}
 
 
 def parse_composition(text: str, where: str = "composition") -> list[tuple[int, int]]:
-    """``"SrTiO3"`` → ``[(38, 1), (22, 1), (8, 3)]`` (Z, count as written); clear errors otherwise."""
-    if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"diffcsp: {where} must be a non-empty formula such as 'SrTiO3', got {text!r}")
-    from pymatgen.core import Composition
-
+    """``"SrTiO3"`` → ``[(38, 1), (22, 1), (8, 3)]`` (Z, count as written), read by
+    :func:`crystal.elements.parse_formula`; clear errors otherwise."""
     try:
-        comp = Composition(text)
-    except Exception as exc:  # pymatgen raises ValueError/KeyError/... on bad formulas
-        raise ConfigError(f"diffcsp: cannot parse {where} {text!r}: {exc}") from None
-    out: list[tuple[int, int]] = []
-    for el, amount in comp.items():
-        sym = str(getattr(el, "symbol", el))
-        if sym not in _Z_OF or getattr(el, "Z", 0) < 1:
-            raise ConfigError(f"diffcsp: {where} {text!r}: unknown element {sym!r}")
-        n = round(float(amount))
-        if abs(float(amount) - n) > 1e-8:
-            raise ConfigError(f"diffcsp: {where} {text!r}: {sym} has amount {float(amount):g}; need whole atoms")
-        if n > 0:
-            out.append((_Z_OF[sym], n))
-    if not out:
-        raise ConfigError(f"diffcsp: {where} {text!r} contains no atoms")
-    return out
+        amounts = parse_formula(text)
+    except ValueError as exc:
+        raise ConfigError(f"diffcsp: {where}: {exc}") from None
+    return [(atomic_number(sym), n) for sym, n in amounts.items()]
 
 
 class DiffCSPConfig(ComponentConfig):
@@ -79,7 +118,7 @@ class DiffCSPConfig(ComponentConfig):
     mode: Literal["csp", "ab_initio"] = Field(
         "csp", description="'csp': structure for a given composition; 'ab_initio': composition generated too"
     )
-    weights: NamedWeights | None = Field(
+    weights: Annotated[str, WEIGHTS] | None = Field(
         None,
         description="named weights; None = the mode's default (csp: diffcsp-perov5-csp; ab_initio: none shipped, "
         "pass checkpoint)",
@@ -137,11 +176,16 @@ class DiffCSPGenerator(Generator):
 
     name: ClassVar[str] = "diffcsp"
     version: ClassVar[str] = "0.1.0"
+    description = (
+        "DiffCSP: lattice DDPM + wrapped-normal score matching on fractional coordinates, denoised by the "
+        "periodic-E(3)-equivariant CSPNet; crystal structure prediction (composition given) and ab initio "
+        "generation; predictor-corrector sampling"
+    )
     Config: ClassVar[type[ComponentConfig]] = DiffCSPConfig
     consumes: ClassVar[str] = "conditions"
     produces: ClassVar[str] = "crystal"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    weights: ClassVar[tuple[str, ...]] = ("diffcsp-perov5-csp", "diffcsp-carbon24-csp")
+    weights: ClassVar[tuple[str, ...]] = WEIGHTS
     default_weights: ClassVar[str | None] = "diffcsp-perov5-csp"
 
     def __init__(self, config: Any = None, *, device: str = "auto", **overrides: Any) -> None:

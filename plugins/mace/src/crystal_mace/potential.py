@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
 
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal.trainable_potential import PotentialConfig, TrainablePotential
 from crystal_mace import __version__
 from crystal_mace.model import MACE
@@ -41,14 +42,116 @@ def _irreps(value: str, what: str, scalars_only: bool = False) -> str:
     return str(irreps)
 
 
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="mace-mlearn-li",
+        file="package:crystal_mace/weights/mace-mlearn-li.pt",
+        sha256="ba97262829ff9c7f450a7583b4498ed448516549cceb97b16ebef900bc03caba",
+        licence="MIT",
+        training_data=(
+            "mlearn (Zuo et al. 2020) Li: ../shared/data/mlearn/Li/train.xyz (217 structures for training, 24 "
+            "held out for model selection, seed 0); tested on the official test.xyz (29)"
+        ),
+        description=(
+            "MACE (reduced width: 57,744 parameters; see the model card) trained for 19 epochs (2286 s, 1 CPU "
+            "thread); test energy MAE 5.54 meV/atom, force MAE 0.027 eV/Å; model card: weights/mace-mlearn-li.md"
+        ),
+        metrics={
+            "test_energy_mae_meV_per_atom": 5.5448,
+            "test_forces_mae_eV_per_A": 0.02696,
+        },
+    ),
+    WeightsManifest(
+        name="mace-mlearn-mo",
+        file="package:crystal_mace/weights/mace-mlearn-mo.pt",
+        sha256="1390271e81cec60fe81977be6b4d4433062b08923ddbbb2e8ef95d4cf1b5e8e0",
+        licence="MIT",
+        training_data=(
+            "mlearn (Zuo et al. 2020) Mo: ../shared/data/mlearn/Mo/train.xyz (175 structures for training, 19 "
+            "held out for model selection, seed 0); tested on the official test.xyz (23)"
+        ),
+        description=(
+            "MACE (reduced width: 57,744 parameters; see the model card) trained for 35 epochs (2282 s, 1 CPU "
+            "thread); test energy MAE 9.63 meV/atom, force MAE 0.123 eV/Å; model card: weights/mace-mlearn-mo.md"
+        ),
+        metrics={
+            "test_energy_mae_meV_per_atom": 9.6265,
+            "test_forces_mae_eV_per_A": 0.12275,
+        },
+    ),
+    WeightsManifest(
+        name="mace-mlearn-si",
+        file="package:crystal_mace/weights/mace-mlearn-si.pt",
+        sha256="927fd8bbec44140943738ff33b802c26d57c11da5dd683185316926e1936088b",
+        licence="MIT",
+        training_data=(
+            "mlearn (Zuo et al. 2020) Si: ../shared/data/mlearn/Si/train.xyz (193 structures for training, 21 "
+            "held out for model selection, seed 0); tested on the official test.xyz (25)"
+        ),
+        description=(
+            "MACE (reduced width: 57,744 parameters; see the model card) trained for 15 epochs (2286 s, 1 CPU "
+            "thread); test energy MAE 17.79 meV/atom, force MAE 0.100 eV/Å; model card: "
+            "weights/mace-mlearn-si.md"
+        ),
+        metrics={
+            "test_energy_mae_meV_per_atom": 17.7923,
+            "test_forces_mae_eV_per_A": 0.10009,
+        },
+    ),
+    WeightsManifest(
+        name="mace-mlearn-cu",
+        file="package:crystal_mace/weights/mace-mlearn-cu.pt",
+        sha256="efdc8d0167bb65207ccdcea6cfe79d0d60d8b20d0bbc30506f129078308a46ff",
+        licence="MIT",
+        training_data=(
+            "mlearn (Zuo et al. 2020) Cu: ../shared/data/mlearn/Cu/train.xyz (236 structures for training, 26 "
+            "held out for model selection, seed 0); tested on the official test.xyz (31)"
+        ),
+        description=(
+            "MACE (reduced width: 57,744 parameters; see the model card) trained for 10 epochs (2285 s, 1 CPU "
+            "thread); test energy MAE 22.41 meV/atom, force MAE 0.036 eV/Å; model card: "
+            "weights/mace-mlearn-cu.md"
+        ),
+        metrics={
+            "test_energy_mae_meV_per_atom": 22.4105,
+            "test_forces_mae_eV_per_A": 0.03587,
+        },
+    ),
+    WeightsManifest(
+        name="mace-mlearn-ge",
+        file="package:crystal_mace/weights/mace-mlearn-ge.pt",
+        sha256="75d548ad3d7a2f48bb70a32e1ba045d717dbf0d7f887a3d782cf89928b0a83c3",
+        licence="MIT",
+        training_data=(
+            "mlearn (Zuo et al. 2020) Ge: ../shared/data/mlearn/Ge/train.xyz (205 structures for training, 23 "
+            "held out for model selection, seed 0); tested on the official test.xyz (25)"
+        ),
+        description=(
+            "MACE (reduced width: 57,744 parameters; see the model card) trained for 28 epochs (2283 s, 1 CPU "
+            "thread); test energy MAE 8.40 meV/atom, force MAE 0.065 eV/Å; model card: weights/mace-mlearn-ge.md"
+        ),
+        metrics={
+            "test_energy_mae_meV_per_atom": 8.3982,
+            "test_forces_mae_eV_per_A": 0.065,
+        },
+    ),
+)
+
+
 class MACEConfig(PotentialConfig):
     """Hyperparameters of :class:`MACEPotential`; defaults are the MACE paper's / reference code's.
 
-    Inherited: ``weights``, ``checkpoint``, ``sha256``, ``elements``, ``cutoff`` (= MACE's r_max, 5 Å),
+    ``weights`` takes the names of :data:`WEIGHTS`. Inherited: ``checkpoint``, ``sha256``, ``elements``, ``cutoff`` (= MACE's r_max, 5 Å),
     ``e0s``, ``seed``, ``dtype`` (float64 by default, as MACE's training default), ``batch_size``,
     ``min_distance``. ``avg_num_neighbors``, ``scale`` and ``shift`` are set from the training data by
     :meth:`MACEPotential.statistics` unless given explicitly.
     """
+
+    weights: Annotated[str, WEIGHTS] | None = Field(
+        None, description="named weights shipped with the plugin (`crystal plugins info`)"
+    )
 
     hidden_irreps: str = Field(
         "128x0e + 128x1o",
@@ -152,11 +255,16 @@ class MACEPotential(TrainablePotential):
 
     name = "mace"
     version = __version__
+    description = (
+        "MACE (paper defaults: 2 layers, 128x0e+128x1o, max_ell 3, correlation 3 = 4-body messages, 8 Bessel + "
+        "p=5 envelope, cutoff 5 Å), trainable on energies/forces/stress: total energy (eV), forces (eV/Å) and "
+        "stress (eV/Å³) of batched crystals"
+    )
     Config: ClassVar[type[ComponentConfig]] = MACEConfig
     consumes = "crystal"
     produces = "energy+forces+stress"
     devices = ("cpu", "cuda")
-    weights = ("mace-mlearn-li", "mace-mlearn-mo", "mace-mlearn-si", "mace-mlearn-cu", "mace-mlearn-ge")
+    weights = WEIGHTS
 
     @classmethod
     def build_model(cls, config: Any) -> torch.nn.Module:

@@ -10,12 +10,13 @@ initialised (``seed``); a trained one is loaded with ``checkpoint`` + ``sha256``
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, model_validator
 from torch import nn
 
 from crystal.components import ComponentConfig
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal.targets import TargetSet
 from crystal.trainable import EncoderConfig, TrainableEncoder
 
@@ -25,9 +26,40 @@ __all__ = ["MEGNetConfig", "MEGNetEncoder"]
 MAX_ATOMIC_NUMBER = 94
 
 
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="megnet-perov5-heat-ref",
+        file="package:crystal_megnet/weights/megnet-perov5-heat-ref.pt",
+        sha256="88608ebaefd1ff5449221bb7cae38ebe05b8379692586faa49dfbe53ab911862",
+        licence="MIT",
+        training_data=(
+            "Perov-5 (CDVAE splits): val.csv: 3408 structures for training + 379 held out for model selection "
+            "(seed 0), tested on test.csv (3785)"
+        ),
+        description=(
+            "MEGNet (paper defaults) predicting heat_ref, the heat of formation of the 5-atom perovskite cell "
+            "(eV); the benchmarks/encoders.py run (30 epochs, AdamW 1e-3 one-cycle, batch 64); 30 epochs (best "
+            "30), 167,761 parameters; model card: weights/megnet-perov5-heat-ref.md"
+        ),
+        metrics={
+            "test_heat_ref_mae_eV": 0.15428,
+            "test_heat_ref_rmse_eV": 0.20119,
+            "val_heat_ref_mae_eV": 0.14789,
+            "val_heat_ref_rmse_eV": 0.1966,
+        },
+    ),
+)
+
+
 class MEGNetConfig(EncoderConfig):
     """Hyperparameters of :class:`MEGNetEncoder`; defaults are the paper's crystal models
     (the ``mp-2018.6.1`` models of the reference code ``materialsvirtuallab/megnet``)."""
+
+    weights: Annotated[str, WEIGHTS] | None = Field(
+        None, description="named weights shipped with the plugin (`crystal plugins info`)"
+    )
 
     cutoff: float = Field(
         4.0,
@@ -93,11 +125,15 @@ class MEGNetEncoder(TrainableEncoder):
 
     name: ClassVar[str] = "megnet"
     version: ClassVar[str] = "0.1.0"
+    description = (
+        "MEGNet property predictor (trainable): per-structure and per-atom regression/classification targets in "
+        "the unit of the training data; optional per-crystal global-state inputs (e.g. temperature)"
+    )
     Config: ClassVar[type[ComponentConfig]] = MEGNetConfig
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    weights: ClassVar[tuple[str, ...]] = ("megnet-perov5-heat-ref",)
+    weights: ClassVar[tuple[str, ...]] = WEIGHTS
     max_atomic_number: ClassVar[int] = MAX_ATOMIC_NUMBER
 
     @classmethod

@@ -55,8 +55,9 @@ from pydantic import Field, field_validator, model_validator
 
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig, GenerationConditions, Generator
-from crystal.elements import SYMBOLS
+from crystal.elements import SYMBOLS, parse_formula
 from crystal.errors import ConfigError
+from crystal.symmetry import CRYSTAL_SYSTEMS, crystal_system
 
 if TYPE_CHECKING:
     from pyxtal.symmetry import Group
@@ -74,23 +75,6 @@ MAX_ATOMIC_NUMBER = 96
 MAX_CANDIDATES = 20_000
 
 _Z_OF = {s: i + 1 for i, s in enumerate(SYMBOLS)}
-_CRYSTAL_SYSTEMS: tuple[tuple[str, int, int], ...] = (
-    ("triclinic", 1, 2),
-    ("monoclinic", 3, 15),
-    ("orthorhombic", 16, 74),
-    ("tetragonal", 75, 142),
-    ("trigonal", 143, 167),
-    ("hexagonal", 168, 194),
-    ("cubic", 195, 230),
-)
-
-
-def crystal_system(space_group: int) -> str:
-    """Crystal system of an international space-group number (1–230)."""
-    for name, lo, hi in _CRYSTAL_SYSTEMS:
-        if lo <= space_group <= hi:
-            return name
-    raise ConfigError(f"space group {space_group} is out of range 1–230")
 
 
 # --------------------------------------------------------------------------- formulas
@@ -124,29 +108,17 @@ def _check_element(symbol: str, where: str) -> str:
 
 
 def parse_composition(text: str) -> Formula:
-    """Parse ``"SrTiO3"`` into a :class:`Formula` (counts as written, must be whole numbers)."""
-    if not isinstance(text, str) or not text.strip():
-        raise ConfigError(f"composition must be a non-empty formula such as 'SrTiO3', got {text!r}")
-    from pymatgen.core import Composition
+    """Parse ``"SrTiO3"`` into a :class:`Formula` (counts as written, must be whole numbers).
 
+    Reads the formula with :func:`crystal.elements.parse_formula` and checks that pyxtal
+    covers every element.
+    """
     try:
-        comp = Composition(text)
-    except Exception as exc:  # pymatgen raises ValueError/KeyError/... on bad formulas
-        raise ConfigError(f"cannot parse composition {text!r}: {exc}") from None
-    elements: list[str] = []
-    counts: list[int] = []
-    for el, amount in comp.items():
-        sym = _check_element(str(getattr(el, "symbol", el)), f"composition {text!r}")
-        n = round(float(amount))
-        if abs(float(amount) - n) > 1e-8 or n < 1:
-            raise ConfigError(
-                f"composition {text!r}: {sym} has amount {float(amount):g}; a formula unit needs whole numbers of atoms"
-            )
-        elements.append(sym)
-        counts.append(n)
-    if not elements:
-        raise ConfigError(f"composition {text!r} contains no atoms")
-    return Formula(tuple(elements), tuple(counts))
+        amounts = parse_formula(text)
+    except ValueError as exc:
+        raise ConfigError(f"composition: {exc}") from None
+    elements = tuple(_check_element(sym, f"composition {text!r}") for sym in amounts)
+    return Formula(elements, tuple(amounts.values()))
 
 
 def parse_chemical_system(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -391,7 +363,7 @@ class _Plan:
         z = zs[int(rng.integers(len(zs)))]
         groups = self.groups(f, z)
         if self.sampling == "crystal_system":
-            systems = sorted({crystal_system(g) for g in groups}, key=[s[0] for s in _CRYSTAL_SYSTEMS].index)
+            systems = sorted({crystal_system(g) for g in groups}, key=[s[0] for s in CRYSTAL_SYSTEMS].index)
             system = systems[int(rng.integers(len(systems)))]
             groups = tuple(g for g in groups if crystal_system(g) == system)
         return _Choice(f, z, groups[int(rng.integers(len(groups)))])
@@ -407,6 +379,10 @@ class PyXtalGenerator(Generator):
 
     name: ClassVar[str] = "pyxtal"
     version: ClassVar[str] = "0.1.0"
+    description = (
+        "Random crystals in chosen space groups via PyXtal's Wyckoff-position sampling (Fredericks et al., CPC "
+        "261, 107810, 2021); CPU only, no weights"
+    )
     Config: ClassVar[type[ComponentConfig]] = PyXtalConfig
     consumes: ClassVar[str] = "conditions"
     produces: ClassVar[str] = "crystal"

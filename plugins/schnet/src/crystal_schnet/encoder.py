@@ -15,19 +15,51 @@ intensive formation energy per atom.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
 
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal.targets import TargetSet
 from crystal.trainable import EncoderConfig, TrainableEncoder
 
 __all__ = ["SchNetConfig", "SchNetEncoder"]
 
 
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="schnet-perov5-heat-ref",
+        file="package:crystal_schnet/weights/schnet-perov5-heat-ref.pt",
+        sha256="71d8d88cbfb6bb4847928c07ed24d6bfb744187957205aa973ff0c63f13b8056",
+        licence="MIT",
+        training_data=(
+            "Perov-5 (CDVAE splits): val.csv: 3408 structures for training + 379 held out for model selection "
+            "(seed 0), tested on test.csv (3785)"
+        ),
+        description=(
+            "SchNet (paper defaults) predicting heat_ref, the heat of formation of the 5-atom perovskite cell "
+            "(eV); the benchmarks/encoders.py run (30 epochs, AdamW 1e-3 one-cycle, batch 64); 30 epochs (best "
+            "27), 127,617 parameters; model card: weights/schnet-perov5-heat-ref.md"
+        ),
+        metrics={
+            "test_heat_ref_mae_eV": 0.10813,
+            "test_heat_ref_rmse_eV": 0.14539,
+            "val_heat_ref_mae_eV": 0.0951,
+            "val_heat_ref_rmse_eV": 0.1246,
+        },
+    ),
+)
+
+
 class SchNetConfig(EncoderConfig):
     """Hyperparameters of :class:`SchNetEncoder` (defaults: the paper's materials setup)."""
+
+    weights: Annotated[str, WEIGHTS] | None = Field(
+        None, description="named weights shipped with the plugin (`crystal plugins info`)"
+    )
 
     n_features: int = Field(
         64, ge=2, description="F: width of the atom-type embedding and atom-wise features (dimensionless count)"
@@ -58,12 +90,17 @@ class SchNetEncoder(TrainableEncoder):
 
     name: ClassVar[str] = "schnet"
     version: ClassVar[str] = "0.1.0"
+    description = (
+        "SchNet property predictor (structure- and atom-level targets, regression or classification; units of "
+        "the training targets); randomly initialised with the paper's materials defaults unless a checkpoint is "
+        "given"
+    )
     Config: ClassVar[type[EncoderConfig]] = SchNetConfig
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     #: weights trained by us and shipped in the package (model cards in crystal_schnet/weights/)
-    weights: ClassVar[tuple[str, ...]] = ("schnet-perov5-heat-ref",)
+    weights: ClassVar[tuple[str, ...]] = WEIGHTS
     #: embedding rows 0…100; elements with Z > 100 raise StructureError (TrainableEncoder.check_elements)
     max_atomic_number: ClassVar[int] = 100
 

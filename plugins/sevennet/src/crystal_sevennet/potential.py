@@ -37,7 +37,7 @@ batch's dtype and cast; outputs are cast to the batch's dtype and device.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -45,6 +45,7 @@ from pydantic import Field
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig, Potential, PotentialOutput
 from crystal.errors import WeightsError
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal.neighbors import radius_graph
 from crystal.weights import load_state_dict
 
@@ -56,13 +57,38 @@ __all__ = ["SEVENNET_0_ELEMENTS", "SevenNetConfig", "SevenNetPotential", "build_
 #: atomic numbers of SevenNet-0's type map: H–Bi (1–83) and Ac–Pu (89–94)
 SEVENNET_0_ELEMENTS: frozenset[int] = frozenset(range(1, 84)) | frozenset(range(89, 95))
 
-_WEIGHTS = ("sevennet-0", "sevennet-0-22may2024")
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="sevennet-0",
+        file="package:sevenn/pretrained_potentials/SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth",
+        sha256="7052cb42b7b3be42b40b97fa0d21077a48c54b5548948fc4dcf346629f813c36",
+        licence="MIT",
+        training_data="MPtrj (Materials Project trajectories of CHGNet, 1.58 M PBE/PBE+U structures)",
+        description=(
+            "SevenNet-0 (11Jul2024), sevenn's default '7net-0': 5 interaction layers, 128x0e+64x1e+32x2e "
+            "features, cutoff 5 Å (XPLOR switch from 4.5 Å), 89 elements; shipped in the sevenn wheel"
+        ),
+    ),
+    WeightsManifest(
+        name="sevennet-0-22may2024",
+        file="package:sevenn/pretrained_potentials/SevenNet_0__22May2024/checkpoint_sevennet_0.pth",
+        sha256="5d389fafd512e6ae2830d74d0b66ffc49a55d3832653ff8e7bf7f1343013c1d1",
+        licence="MIT",
+        training_data="MPtrj (Materials Project trajectories of CHGNet, 1.58 M PBE/PBE+U structures)",
+        description=(
+            "SevenNet-0 (22May2024), the first release of SevenNet-0 (sevenn name '7net-0_22May2024'); same "
+            "architecture and cutoff; shipped in the sevenn wheel"
+        ),
+    ),
+)
 
 
 class SevenNetConfig(ComponentConfig):
     """Settings of the SevenNet potential."""
 
-    weights: Literal["sevennet-0", "sevennet-0-22may2024"] = Field(
+    weights: Annotated[str, WEIGHTS] = Field(
         "sevennet-0",
         description="pretrained weights: 'sevennet-0' (SevenNet-0 11Jul2024, sevenn's default '7net-0') "
         "or 'sevennet-0-22may2024' (the first SevenNet-0 release)",
@@ -123,8 +149,8 @@ def build_model(
     """
     from sevenn.checkpoint import SevenNetCheckpoint, _config_cp_routine
 
-    if weights not in _WEIGHTS:
-        raise WeightsError(f"sevennet: unknown weights {weights!r}; choose from {', '.join(_WEIGHTS)}")
+    if weights not in WEIGHTS:
+        raise WeightsError(f"sevennet: unknown weights {weights!r}; choose from {', '.join(WEIGHTS)}")
     raw = load_checkpoint(weights)
 
     class _VerifiedCheckpoint(SevenNetCheckpoint):
@@ -173,11 +199,15 @@ class SevenNetPotential(Potential):
 
     name = "sevennet"
     version = "0.1.0"
+    description = (
+        "SevenNet-0 pretrained universal potential (NequIP-type E(3)-equivariant GNN, cutoff 5 Å): total energy "
+        "(eV), forces (eV/Å) and stress (eV/Å³, ASE sign) of batched crystals, 89 elements (Z = 1–83, 89–94)"
+    )
     Config: ClassVar[type[ComponentConfig]] = SevenNetConfig
     consumes = "crystal"
     produces = "energy+forces+stress"
     devices = ("cpu", "cuda")
-    weights = _WEIGHTS
+    weights = WEIGHTS
     default_weights = "sevennet-0"
     #: SevenNet-0's type map: H–Bi and Ac–Pu (no Po–Ra, Z = 84–88)
     elements: ClassVar[frozenset[int] | None] = SEVENNET_0_ELEMENTS

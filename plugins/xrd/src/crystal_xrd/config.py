@@ -5,22 +5,21 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from crystal.components import ComponentConfig
+from crystal.config import StrictModel
 
 __all__ = ["XRDAugment", "XRDConfig"]
 
 
-class XRDAugment(BaseModel):
+class XRDAugment(StrictModel):
     """Random perturbations for training data; every draw comes from one seeded generator.
 
     Applied in this order: preferred orientation (per reflection, before merging), lattice
     strain and zero shift (per pattern, on peak positions), peak-intensity jitter, peak
     width, then on the grid: second phase, background, noise.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     shift: float = Field(0.1, ge=0, description="max |zero shift| of every peak of a pattern, degrees 2θ (uniform)")
     strain: float = Field(

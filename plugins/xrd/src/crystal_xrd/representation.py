@@ -28,6 +28,11 @@ class XRDRepresentation(Representation):
 
     name: ClassVar[str] = "xrd"
     version: ClassVar[str] = "0.1.0"
+    description = (
+        "Batched powder X-ray diffraction (kinematic, pymatgen-parity intensities; "
+        "Gaussian/Lorentzian/pseudo-Voigt broadening, Scherrer size, Debye-Waller, March-Dollase and other "
+        "training augmentation) on a fixed 2-theta grid"
+    )
     Config: ClassVar[type[XRDConfig]] = XRDConfig
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "signal"

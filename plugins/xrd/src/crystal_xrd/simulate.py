@@ -27,8 +27,9 @@ import torch
 from pydantic import ValidationError
 
 from crystal.batch import CrystalBatch
+from crystal.config import format_validation_error
 from crystal.errors import ConfigError, StructureError
-from crystal_xrd import augment as aug
+from crystal_xrd.augment import AugmentDraws, draw, grid_augment, march_dollase, perturb_positions
 from crystal_xrd.config import XRDConfig
 from crystal_xrd.peaks import XRDPeaks, compact, merge_reflections
 from crystal_xrd.profile import broaden, grid, peak_widths
@@ -57,9 +58,7 @@ def make_config(config: XRDConfig | Mapping[str, Any] | None = None, **overrides
     try:
         return XRDConfig.model_validate(data)
     except ValidationError as exc:
-        from crystal.components import _format_validation
-
-        raise ConfigError(_format_validation(exc, "representation 'xrd'")) from None
+        raise ConfigError(format_validation_error(exc, "representation 'xrd'")) from None
 
 
 def _check(batch: CrystalBatch) -> None:
@@ -107,7 +106,7 @@ def _chunks(batch: CrystalBatch, bounds: torch.Tensor, g_max: float, budget: int
 
 
 def _peaks_chunk(
-    sub: CrystalBatch, cfg: XRDConfig, bounds: torch.Tensor, draws: aug.AugmentDraws | None, rows: torch.Tensor
+    sub: CrystalBatch, cfg: XRDConfig, bounds: torch.Tensor, draws: AugmentDraws | None, rows: torch.Tensor
 ) -> XRDPeaks:
     lam = cfg.wavelength_angstrom
     g_min, g_max = g_limits(cfg.two_theta_min, cfg.two_theta_max, lam)
@@ -121,12 +120,12 @@ def _peaks_chunk(
         metric = torch.linalg.inv(lat @ lat.transpose(1, 2))
         r = draws.march_r[rows.cpu()].to(sub.device)
         axis = draws.axis[rows.cpu()].to(sub.device)
-        inten = inten * aug.march_dollase(hkl, metric, axis, r)
+        inten = inten * march_dollase(hkl, metric, axis, r)
     inten = torch.where(valid, inten, torch.zeros_like(inten))
     return merge_reflections(two_theta, inten, g2, hkl, valid, cfg.merge_tolerance, cfg.min_intensity)
 
 
-def _raw_peaks(batch: CrystalBatch, cfg: XRDConfig, draws: aug.AugmentDraws | None) -> XRDPeaks:
+def _raw_peaks(batch: CrystalBatch, cfg: XRDConfig, draws: AugmentDraws | None) -> XRDPeaks:
     _check(batch)
     _, g_max = g_limits(cfg.two_theta_min, cfg.two_theta_max, cfg.wavelength_angstrom)
     bounds = index_bounds(batch.lattices, g_max)
@@ -149,10 +148,10 @@ def _normalise(values: torch.Tensor, scale: float) -> torch.Tensor:
     return values * (scale / top.clamp_min(torch.finfo(values.dtype).tiny))
 
 
-def _augment_peaks(peaks: XRDPeaks, cfg: XRDConfig, draws: aug.AugmentDraws, gen: torch.Generator) -> XRDPeaks:
+def _augment_peaks(peaks: XRDPeaks, cfg: XRDConfig, draws: AugmentDraws, gen: torch.Generator) -> XRDPeaks:
     assert cfg.augment is not None
     dev = peaks.two_theta.device
-    tt, ok = aug.perturb_positions(peaks.two_theta, draws.strain.to(dev), draws.shift.to(dev))
+    tt, ok = perturb_positions(peaks.two_theta, draws.strain.to(dev), draws.shift.to(dev))
     inten = peaks.intensity
     if cfg.augment.intensity_jitter > 0:
         z = torch.randn(tuple(inten.shape), generator=gen, dtype=torch.float64).to(dev)
@@ -192,7 +191,7 @@ def simulate(
     cfg = make_config(config, **overrides)
     dtype, device = batch.dtype, batch.device
     gen = torch.Generator().manual_seed(int(cfg.seed if seed is None else seed))
-    draws = aug.draw(cfg.augment, len(batch), gen) if cfg.augment is not None else None
+    draws = draw(cfg.augment, len(batch), gen) if cfg.augment is not None else None
     peaks = _raw_peaks(batch, cfg, draws)
     if draws is not None:
         peaks = _augment_peaks(peaks, cfg, draws, gen)
@@ -219,7 +218,7 @@ def simulate(
         cfg.window,
     )
     if draws is not None and cfg.augment is not None:
-        ys = aug.grid_augment(ys, draws, cfg.augment, gen)
+        ys = grid_augment(ys, draws, cfg.augment, gen)
     if cfg.normalize == "max":
         ys = _normalise(ys, cfg.scale)
     return XRDResult(xs, ys.to(dtype), peaks.to(dtype=dtype), cfg)

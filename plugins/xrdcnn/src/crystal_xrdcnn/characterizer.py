@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import Field, model_validator
 
 from crystal.components import Characterizer, ComponentConfig
 from crystal.errors import ConfigError, WeightsError
+from crystal.manifest import NamedWeights, WeightsManifest
 from crystal_xrdcnn.labels import HEADS, head_labels
 from crystal_xrdcnn.model import XRDCNN, NetConfig
 
@@ -21,10 +22,46 @@ CHECKPOINT_FORMAT = "crystal-xrdcnn/1"
 GRID_FIELDS = ("wavelength", "two_theta_min", "two_theta_max", "step")
 
 
+#: the named weights this component ships (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+WEIGHTS = NamedWeights(
+    WeightsManifest(
+        name="xrdcnn-pyxtal230",
+        file="package:crystal_xrdcnn/weights/xrdcnn-pyxtal230.pt",
+        sha256="87431f88279e09b2b8fa366327e3fd250bef775f6fbb9a7dd2b934c010f98703",
+        licence="MIT",
+        training_data=(
+            "6,520 structures made by the framework (python -m crystal_xrdcnn.make_data --seed 0 --per-group 24 "
+            "--shared ../shared/data --shared-per-set 500): 5,520 pyxtal random crystals (24 per space group, "
+            "all 230) + 500 Perov-5 and 500 Carbon-24 val.csv structures; 90/10 split by structure (seed 0); "
+            "patterns simulated on the fly by crystal_xrd with augmentation; test.csv held out"
+        ),
+        description=(
+            "xrdcnn (4 conv blocks with BatchNorm, 16/32/64/128 channels, hidden 256, dropout 0.3), 604,541 "
+            "parameters; 18 epochs (best 18, val_loss 8.666), 533 s on one CPU thread; spglib labels (symprec "
+            "0.1 Å); model card: weights/xrdcnn-pyxtal230.md"
+        ),
+        metrics={
+            "val_crystal_system_top1": 0.4862,
+            "val_extinction_group_top1": 0.2009,
+            "val_space_group_top1": 0.158,
+            "perov5_test300_crystal_system_top1": 0.47,
+            "perov5_test300_space_group_top1": 0.413,
+            "carbon24_test300_crystal_system_top1": 0.833,
+            "carbon24_test300_space_group_top1": 0.637,
+            "jarvis70_crystal_system_top1": 0.3,
+            "jarvis70_space_group_top1": 0.029,
+            "pyxtal_heldout460_crystal_system_top1": 0.533,
+            "pyxtal_heldout460_space_group_top1": 0.091,
+        },
+    ),
+)
+
+
 class XRDCNNConfig(ComponentConfig):
     """Which trained network to use."""
 
-    weights: Literal["xrdcnn-pyxtal230"] | None = Field(
+    weights: Annotated[str, WEIGHTS] | None = Field(
         "xrdcnn-pyxtal230", description="named weights shipped with the plugin (None: use `checkpoint` or untrained)"
     )
     checkpoint: Path | None = Field(
@@ -98,11 +135,16 @@ class XRDCNNCharacterizer(Characterizer):
 
     name: ClassVar[str] = "xrdcnn"
     version: ClassVar[str] = "0.1.0"
+    description = (
+        "Powder XRD pattern (2θ 5-90°, 0.02° grid, Cu Kα) -> probabilities of 7 crystal systems, 112 extinction "
+        "groups and 230 space groups; trained on patterns simulated by crystal_xrd from pyxtal random crystals "
+        "of all 230 groups plus Perov-5/Carbon-24 val structures"
+    )
     Config: ClassVar[type[XRDCNNConfig]] = XRDCNNConfig
     consumes: ClassVar[str] = "xrd"
     produces: ClassVar[str] = "hypotheses"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    weights: ClassVar[tuple[str, ...]] = ("xrdcnn-pyxtal230",)
+    weights: ClassVar[tuple[str, ...]] = WEIGHTS
     default_weights: ClassVar[str | None] = "xrdcnn-pyxtal230"
 
     config: XRDCNNConfig

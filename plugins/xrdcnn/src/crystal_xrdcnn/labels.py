@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from crystal import symmetry
 from crystal.batch import CrystalBatch
 from crystal.errors import StructureError
+from crystal.symmetry import CRYSTAL_SYSTEMS
 
 __all__ = [
     "CRYSTAL_SYSTEMS",
@@ -38,24 +40,16 @@ __all__ = [
 ]
 
 HEADS = ("crystal_system", "extinction_group", "space_group")
-CRYSTAL_SYSTEMS: tuple[tuple[str, int, int], ...] = (
-    ("triclinic", 1, 2),
-    ("monoclinic", 3, 15),
-    ("orthorhombic", 16, 74),
-    ("tetragonal", 75, 142),
-    ("trigonal", 143, 167),
-    ("hexagonal", 168, 194),
-    ("cubic", 195, 230),
-)
 _TABLE_FILE = "extinction_groups.json"
 
 
 def crystal_system_index(space_group: int) -> int:
-    """0–6 index of the crystal system of an international space-group number."""
-    for i, (_, lo, hi) in enumerate(CRYSTAL_SYSTEMS):
-        if lo <= space_group <= hi:
-            return i
-    raise StructureError(f"space group number {space_group} is outside 1-230")
+    """0–6 index of the crystal system of an international space-group number
+    (:func:`crystal.symmetry.crystal_system_index`, raising :class:`StructureError`)."""
+    try:
+        return symmetry.crystal_system_index(space_group)
+    except ValueError as exc:
+        raise StructureError(str(exc)) from None
 
 
 def compute_extinction_table(hmax: int = 6) -> dict[str, Any]:

@@ -19,18 +19,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from crystal.config import StrictModel
 from crystal_xrdcnn.labels import HEADS
 
 __all__ = ["XRDCNN", "NetConfig"]
 
 
-class NetConfig(BaseModel):
+class NetConfig(StrictModel):
     """Architecture (stored with the weights)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     input_points: int = Field(4251, ge=16, description="pattern length L (points on the 2θ grid)")
     input_pool: int = Field(2, ge=1, description="average-pooling factor applied to the input (points)")

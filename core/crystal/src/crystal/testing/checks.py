@@ -2,27 +2,54 @@
 
 All helpers take a callable or a Potential and a :class:`~crystal.CrystalBatch`; they raise
 ``AssertionError`` with the largest deviation in the message.
+
+For a potential, :func:`check_potential_symmetries` runs every symmetry check in one call
+(rotation, translation, permutation, supercell extensivity, float32/float64 requests)::
+
+    from crystal.testing import check_potential_symmetries
+
+    def test_symmetries(pot, batch):
+        # float32 model: tolerances from measured round-off
+        check_potential_symmetries(pot, batch, atol=1e-4, rtol=0, stress_atol=1e-6)
+
+Each check is also available alone (:func:`assert_equivariant_forces`,
+:func:`assert_translation_invariant`, :func:`assert_permutation_invariant`,
+:func:`assert_supercell_extensive`, :func:`assert_dtype_follows_input`). Tolerances: ``atol``
+and ``rtol`` apply to energies (eV); ``forces_atol`` (eV/Å) and ``stress_atol`` (eV/Å³)
+default to ``atol``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from crystal.batch import CrystalBatch
-from crystal.components import Potential
-from crystal.testing.transforms import rotate
+from crystal.components import Potential, PotentialOutput
+from crystal.testing.transforms import permute, random_rotation, rotate, supercell, translate
 
 __all__ = [
+    "assert_close",
+    "assert_dtype_follows_input",
     "assert_equivariant_forces",
     "assert_forces_match_finite_differences",
     "assert_invariant",
+    "assert_outputs_close",
+    "assert_permutation_invariant",
     "assert_stress_matches_finite_differences",
+    "assert_supercell_extensive",
+    "assert_translation_invariant",
+    "check_potential_symmetries",
 ]
 
 
-def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, what: str) -> None:
+def assert_close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, what: str) -> None:
+    """``a`` and ``b`` have the same shape and agree within ``atol + rtol * |b|`` (in float64).
+
+    Raises ``AssertionError`` starting with ``what`` and giving the largest deviation.
+    """
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     if a.shape != b.shape:
         raise AssertionError(f"{what}: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
@@ -44,7 +71,7 @@ def assert_invariant(
 
     Use ``scale`` for extensive quantities under a supercell (e.g. ``8.0`` for a 2×2×2).
     """
-    _close(
+    assert_close(
         fn(transform(batch)),
         fn(batch) * scale,
         atol,
@@ -60,16 +87,19 @@ def assert_equivariant_forces(
     *,
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    forces_atol: float | None = None,
+    stress_atol: float | None = None,
 ) -> None:
-    """Forces rotate with the crystal (``F(Rx) = R F(x)``) and stress as ``R σ Rᵀ``."""
+    """Energy is invariant, forces rotate with the crystal (``F(Rx) = R F(x)``) and stress as ``R σ Rᵀ``."""
     out = potential.compute(batch, forces=True, stress=True)
     out_r = potential.compute(rotate(batch, R), forces=True, stress=True)
     Rt = R.to(dtype=out.energy.dtype, device=out.energy.device)
-    _close(out_r.energy, out.energy, atol, rtol, "energy under rotation")
+    f_atol, s_atol = _or(forces_atol, atol), _or(stress_atol, atol)
+    assert_close(out_r.energy, out.energy, atol, rtol, "energy under rotation")
     assert out.forces is not None and out_r.forces is not None
-    _close(out_r.forces, out.forces.to(Rt.dtype) @ Rt.T, atol, rtol, "forces under rotation")
+    assert_close(out_r.forces, out.forces.to(Rt.dtype) @ Rt.T, f_atol, rtol, "forces under rotation")
     if out.stress is not None and out_r.stress is not None:
-        _close(out_r.stress, Rt @ out.stress.to(Rt.dtype) @ Rt.T, atol, rtol, "stress under rotation")
+        assert_close(out_r.stress, Rt @ out.stress.to(Rt.dtype) @ Rt.T, s_atol, rtol, "stress under rotation")
 
 
 def assert_forces_match_finite_differences(
@@ -91,7 +121,7 @@ def assert_forces_match_finite_differences(
                 frac[atom] += sign * disp @ inv[b]
                 energies.append(potential.energy(batch.with_positions(frac, batch.lattices))[b])
             fd = -(energies[0] - energies[1]) / (2 * delta)
-            _close(forces[atom, k], fd, atol, 1e-3, f"force on atom {atom}, axis {k}")
+            assert_close(forces[atom, k], fd, atol, 1e-3, f"force on atom {atom}, axis {k}")
 
 
 def assert_stress_matches_finite_differences(
@@ -111,4 +141,196 @@ def assert_stress_matches_finite_differences(
                 deform = torch.eye(3, dtype=torch.float64, device=batch.device) + sign * eps
                 energies.append(potential.energy(batch.with_positions(batch.frac_coords, batch.lattices @ deform)))
             fd = (energies[0] - energies[1]) / (2 * delta) / vol
-            _close(stress[:, i, j], fd, atol, 1e-3, f"stress component ({i}, {j})")
+            assert_close(stress[:, i, j], fd, atol, 1e-3, f"stress component ({i}, {j})")
+
+
+# --------------------------------------------------------------------------- potentials
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def assert_outputs_close(
+    actual: PotentialOutput,
+    expected: PotentialOutput,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    forces_atol: float | None = None,
+    stress_atol: float | None = None,
+    what: str = "outputs",
+) -> None:
+    """Energies, and forces and stress where both outputs have them, agree field by field.
+
+    Use it to compare two evaluations of the same crystals: batched vs one by one, two
+    precisions, a reloaded checkpoint. ``what`` prefixes the error message.
+    """
+    assert_close(actual.energy, expected.energy, atol, rtol, f"{what}: energy")
+    if actual.forces is not None and expected.forces is not None:
+        assert_close(actual.forces, expected.forces, _or(forces_atol, atol), rtol, f"{what}: forces")
+    if actual.stress is not None and expected.stress is not None:
+        assert_close(actual.stress, expected.stress, _or(stress_atol, atol), rtol, f"{what}: stress")
+
+
+def assert_translation_invariant(
+    potential: Potential,
+    batch: CrystalBatch,
+    shift: torch.Tensor | None = None,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    forces_atol: float | None = None,
+    stress_atol: float | None = None,
+) -> None:
+    """Moving every atom by the Cartesian ``shift`` (Å; default ``(0.37, -1.21, 2.53)``) leaves
+    energy, forces and stress unchanged."""
+    if shift is None:
+        shift = torch.tensor([0.37, -1.21, 2.53], dtype=torch.float64)
+    out = potential.compute(batch, forces=True, stress=True)
+    moved = potential.compute(translate(batch, shift), forces=True, stress=True)
+    assert_outputs_close(
+        moved, out, atol=atol, rtol=rtol, forces_atol=forces_atol, stress_atol=stress_atol, what="under translation"
+    )
+
+
+def assert_permutation_invariant(
+    potential: Potential,
+    batch: CrystalBatch,
+    *,
+    seed: int = 0,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    forces_atol: float | None = None,
+    stress_atol: float | None = None,
+) -> None:
+    """Reordering the atoms of every crystal (seeded) leaves energy and stress unchanged and
+    reorders the forces with the atoms."""
+    out = potential.compute(batch, forces=True, stress=True)
+    permuted, order = permute(batch, torch.Generator().manual_seed(seed))
+    p_out = potential.compute(permuted, forces=True, stress=True)
+    if out.forces is not None:
+        out = PotentialOutput(out.energy, out.forces[order.to(out.forces.device)], out.stress)
+    assert_outputs_close(
+        p_out, out, atol=atol, rtol=rtol, forces_atol=forces_atol, stress_atol=stress_atol, what="under permutation"
+    )
+
+
+def assert_supercell_extensive(
+    potential: Potential,
+    batch: CrystalBatch,
+    reps: tuple[int, int, int] = (2, 2, 2),
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    forces_atol: float | None = None,
+    stress_atol: float | None = None,
+) -> None:
+    """A ``reps`` supercell has ``n1·n2·n3`` times the energy (extensive), the same stress
+    (intensive), and every periodic image of an atom feels that atom's force.
+
+    ``atol`` is the energy tolerance of the whole supercell; raise it with the number of atoms
+    for a float32 model.
+    """
+    m = reps[0] * reps[1] * reps[2]
+    out = potential.compute(batch, forces=True, stress=True)
+    big = potential.compute(supercell(batch, reps), forces=True, stress=True)
+    where = f"under a {reps[0]}x{reps[1]}x{reps[2]} supercell"
+    assert_close(big.energy, m * out.energy, atol, rtol, f"energy {where} (extensive)")
+    if big.stress is not None and out.stress is not None:
+        assert_close(big.stress, out.stress, _or(stress_atol, atol), rtol, f"stress {where} (intensive)")
+    if big.forces is not None and out.forces is not None:
+        # supercell() orders atoms crystal by crystal, image by image, atom by atom
+        expected = (
+            torch.cat(
+                [
+                    out.forces[lo:hi].repeat(m, 1)
+                    for lo, hi in zip(batch.ptr[:-1].tolist(), batch.ptr[1:].tolist(), strict=True)
+                ]
+            )
+            if len(batch)
+            else out.forces
+        )
+        assert_close(big.forces, expected, _or(forces_atol, atol), rtol, f"forces {where} (same on every image)")
+
+
+def assert_dtype_follows_input(
+    potential: Potential,
+    batch: CrystalBatch,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    forces_atol: float | None = None,
+    stress_atol: float | None = None,
+) -> None:
+    """Outputs come back in the batch's dtype with the documented shapes, for float32 and
+    float64 batches alike, and the two agree within the tolerances (set them from the model's
+    own precision). Fields that were not requested are ``None``; an empty batch gives empty
+    outputs.
+    """
+    B, N = len(batch), batch.num_nodes
+    for dtype in (torch.float32, torch.float64):
+        only_e = potential.compute(batch.to(dtype=dtype), forces=False, stress=False)
+        assert only_e.forces is None and only_e.stress is None, f"{dtype}: forces/stress returned but not requested"
+        assert only_e.energy.dtype == dtype, f"energy is {only_e.energy.dtype} for a {dtype} batch"
+        assert only_e.energy.shape == (B,), f"energy shape {tuple(only_e.energy.shape)} != ({B},)"
+    out32 = potential.compute(batch.to(dtype=torch.float32), forces=True, stress=True)
+    out64 = potential.compute(batch.to(dtype=torch.float64), forces=True, stress=True)
+    for out, dtype in ((out32, torch.float32), (out64, torch.float64)):
+        assert out.forces is not None and out.forces.shape == (N, 3), f"{dtype}: forces must be (N, 3) = ({N}, 3)"
+        assert out.stress is not None and out.stress.shape == (B, 3, 3), f"{dtype}: stress must be (B, 3, 3)"
+        assert out.forces.dtype == dtype and out.stress.dtype == dtype, f"forces/stress not {dtype} for a {dtype} batch"
+    assert_outputs_close(
+        out32, out64, atol=atol, rtol=rtol, forces_atol=forces_atol, stress_atol=stress_atol, what="float32 vs float64"
+    )
+    empty = potential.compute(CrystalBatch.empty(device=batch.device), forces=True, stress=True)
+    assert empty.energy.shape == (0,), f"empty batch: energy shape {tuple(empty.energy.shape)} != (0,)"
+    assert empty.forces is not None and empty.forces.shape == (0, 3), "empty batch: forces must be (0, 3)"
+
+
+def check_potential_symmetries(
+    potential: Potential,
+    batch: CrystalBatch,
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
+    forces_atol: float | None = None,
+    stress_atol: float | None = None,
+    supercell_reps: tuple[int, int, int] = (2, 2, 2),
+    supercell_atol: float | None = None,
+    supercell_stress_atol: float | None = None,
+    dtype_atol: float | None = None,
+    seed: int = 0,
+) -> None:
+    """Every symmetry a potential must respect, in one call.
+
+    * rotation (:func:`assert_equivariant_forces`, a seeded random rotation)
+    * translation (:func:`assert_translation_invariant`)
+    * permutation of atoms (:func:`assert_permutation_invariant`)
+    * supercell extensivity (:func:`assert_supercell_extensive`, ``supercell_reps``; energy
+      tolerance ``supercell_atol``, default ``atol`` times the number of images, and stress
+      tolerance ``supercell_stress_atol``, default ``stress_atol``)
+    * float32 and float64 requests (:func:`assert_dtype_follows_input`): the two agree within
+      ``dtype_atol`` (energy, forces and stress alike, plus ``rtol``) when it is given, else
+      within the tolerances above; ``dtype_atol=float("inf")`` checks only dtypes and shapes.
+
+    Use float64 and tight tolerances for a float64 model; for a float32 model, set them from
+    measured round-off (e.g. ``atol=1e-4, rtol=0, stress_atol=1e-6``).
+    """
+    tol: dict[str, Any] = dict(atol=atol, rtol=rtol, forces_atol=forces_atol, stress_atol=stress_atol)
+    R = random_rotation(torch.Generator().manual_seed(seed), dtype=batch.dtype)
+    assert_equivariant_forces(potential, batch, R, **tol)
+    assert_translation_invariant(potential, batch, **tol)
+    assert_permutation_invariant(potential, batch, seed=seed, **tol)
+    m = supercell_reps[0] * supercell_reps[1] * supercell_reps[2]
+    assert_supercell_extensive(
+        potential,
+        batch,
+        supercell_reps,
+        atol=_or(supercell_atol, m * atol),
+        rtol=rtol,
+        forces_atol=_or(forces_atol, atol),
+        stress_atol=_or(supercell_stress_atol, _or(stress_atol, atol)),
+    )
+    if dtype_atol is None:
+        assert_dtype_follows_input(potential, batch, **tol)
+    else:
+        assert_dtype_follows_input(potential, batch, atol=dtype_atol, rtol=rtol)

@@ -20,7 +20,7 @@ import torch
 
 from crystal.batch import CrystalBatch
 from crystal.components import Characterizer, Component, Encoder, Generator, Potential, Representation
-from crystal.testing.checks import _close
+from crystal.testing.checks import assert_close
 from crystal.testing.transforms import permute, random_rotation, rotate, supercell, translate
 
 __all__ = [
@@ -93,9 +93,9 @@ def check_potential(
     for t, what in ((out.energy, "energy"), (out.forces, "forces"), (out.stress, "stress")):
         assert torch.isfinite(t).all(), f"{name}: non-finite {what}"
     only_e = pot.compute(batch, forces=False, stress=False)
-    _close(only_e.energy, out.energy, atol, rtol, f"{name}: energy without forces/stress")
-    _close(_per_crystal(batch, pot.energy), out.energy, atol, rtol, f"{name}: batched vs one-by-one energy")
-    _close(
+    assert_close(only_e.energy, out.energy, atol, rtol, f"{name}: energy without forces/stress")
+    assert_close(_per_crystal(batch, pot.energy), out.energy, atol, rtol, f"{name}: batched vs one-by-one energy")
+    assert_close(
         pot.energy(translate(batch, torch.tensor([0.7, -0.3, 1.1]))),
         out.energy,
         atol,
@@ -104,25 +104,25 @@ def check_potential(
     )
     permuted, order = permute(batch, torch.Generator().manual_seed(0))
     p_out = pot.compute(permuted, forces=True, stress=False)
-    _close(p_out.energy, out.energy, atol, rtol, f"{name}: energy under permutation")
+    assert_close(p_out.energy, out.energy, atol, rtol, f"{name}: energy under permutation")
     assert p_out.forces is not None
-    _close(p_out.forces, out.forces[order.to(out.forces.device)], atol, rtol, f"{name}: forces under permutation")
+    assert_close(p_out.forces, out.forces[order.to(out.forces.device)], atol, rtol, f"{name}: forces under permutation")
     R = random_rotation(torch.Generator().manual_seed(1), dtype=batch.dtype).to(batch.device)
     r_out = pot.compute(rotate(batch, R), forces=True, stress=True)
     Rd = R.to(out.forces.dtype)
-    _close(r_out.energy, out.energy, atol, rtol, f"{name}: energy under rotation")
+    assert_close(r_out.energy, out.energy, atol, rtol, f"{name}: energy under rotation")
     assert r_out.forces is not None and r_out.stress is not None
-    _close(r_out.forces, out.forces @ Rd.T, atol, rtol, f"{name}: forces under rotation")
-    _close(r_out.stress, Rd @ out.stress @ Rd.T, atol, rtol, f"{name}: stress under rotation")
+    assert_close(r_out.forces, out.forces @ Rd.T, atol, rtol, f"{name}: forces under rotation")
+    assert_close(r_out.stress, Rd @ out.stress @ Rd.T, atol, rtol, f"{name}: stress under rotation")
     # point inversion through the origin (lattice -> -lattice) gives left-handed cells
     # (negative determinant): energy and stress unchanged, forces flip sign
     i_out = pot.compute(batch.with_positions(batch.frac_coords, -batch.lattices), forces=True, stress=True)
     assert i_out.forces is not None and i_out.stress is not None
-    _close(i_out.energy, out.energy, atol, rtol, f"{name}: energy of a left-handed (inverted) cell")
-    _close(i_out.forces, -out.forces, atol, rtol, f"{name}: forces of a left-handed (inverted) cell")
-    _close(i_out.stress, out.stress, atol, rtol, f"{name}: stress of a left-handed (inverted) cell")
+    assert_close(i_out.energy, out.energy, atol, rtol, f"{name}: energy of a left-handed (inverted) cell")
+    assert_close(i_out.forces, -out.forces, atol, rtol, f"{name}: forces of a left-handed (inverted) cell")
+    assert_close(i_out.stress, out.stress, atol, rtol, f"{name}: stress of a left-handed (inverted) cell")
     big = supercell(batch, (2, 1, 1))
-    _close(pot.energy(big), 2 * out.energy, 2 * atol, rtol, f"{name}: extensivity under a 2x1x1 supercell")
+    assert_close(pot.energy(big), 2 * out.energy, 2 * atol, rtol, f"{name}: extensivity under a 2x1x1 supercell")
     assert_forces_match_finite_differences(pot, batch, delta=fd_delta, atol=fd_atol, max_atoms=3)
 
 
@@ -134,8 +134,8 @@ def check_generator(gen: Generator, num_samples: int = 3) -> None:
     assert isinstance(a, CrystalBatch), f"{name}: generate must return a CrystalBatch"
     assert 1 <= len(a) <= num_samples, f"{name}: asked for {num_samples}, got {len(a)}"
     assert a.ids == b.ids and torch.equal(a.atomic_numbers, b.atomic_numbers), f"{name}: not reproducible for a seed"
-    _close(a.frac_coords, b.frac_coords, 1e-10, 0, f"{name}: coordinates not reproducible for a seed")
-    _close(a.lattices, b.lattices, 1e-10, 0, f"{name}: lattices not reproducible for a seed")
+    assert_close(a.frac_coords, b.frac_coords, 1e-10, 0, f"{name}: coordinates not reproducible for a seed")
+    assert_close(a.lattices, b.lattices, 1e-10, 0, f"{name}: lattices not reproducible for a seed")
     assert len(set(a.ids)) == len(a), f"{name}: ids must be unique"
     bad = [(i, r) for i, r in zip(a.ids, a.validate(0.5), strict=True) if r is not None]
     assert not bad, f"{name}: invalid crystals {bad}"
@@ -157,11 +157,11 @@ def check_encoder(enc: Encoder, batch: CrystalBatch | None = None, *, atol: floa
     ):
         o2 = enc.predict(other)
         for target in out:
-            _close(o2[target], out[target], atol, rtol, f"{name}: {target} under {label}")
+            assert_close(o2[target], out[target], atol, rtol, f"{name}: {target} under {label}")
     singles = [enc.predict(batch.select([i])) for i in range(len(batch))]
     for target, value in out.items():
         if value.shape[0] == len(batch):
-            _close(
+            assert_close(
                 torch.cat([s[target] for s in singles]), value, atol, rtol, f"{name}: batched vs one-by-one {target}"
             )
 
@@ -173,7 +173,7 @@ def check_representation(rep: Representation, batch: CrystalBatch | None = None)
     a, b = rep.represent(batch), rep.represent(batch)
     assert a and all(isinstance(v, torch.Tensor) for v in a.values()), f"{name}: must return named tensors"
     for key in a:
-        _close(a[key].double(), b[key].double(), 0, 0, f"{name}: {key} not deterministic")
+        assert_close(a[key].double(), b[key].double(), 0, 0, f"{name}: {key} not deterministic")
 
 
 def check_characterizer(char: Characterizer, signals: torch.Tensor) -> None:
@@ -182,7 +182,7 @@ def check_characterizer(char: Characterizer, signals: torch.Tensor) -> None:
     out = char.characterize(signals.to(char.device))
     for head, probs in out.items():
         assert probs.shape == (signals.shape[0], len(char.labels(head))), f"{name}: {head} shape {tuple(probs.shape)}"
-        _close(probs.sum(dim=1), torch.ones(signals.shape[0]), 1e-4, 0, f"{name}: {head} probabilities must sum to 1")
+        assert_close(probs.sum(dim=1), torch.ones(signals.shape[0]), 1e-4, 0, f"{name}: {head} probabilities must sum to 1")
 
 
 def check_plugin(

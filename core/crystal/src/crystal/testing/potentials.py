@@ -36,6 +36,8 @@ class LennardJones(Potential):
         cfg = self.config
         assert isinstance(cfg, LennardJonesConfig)
         B = len(batch)
+        if B == 0:
+            return PotentialOutput.empty(batch, forces=forces, stress=stress)
         with torch.enable_grad():
             strain = torch.zeros((B, 3, 3), dtype=batch.dtype, device=batch.device, requires_grad=stress)
             sym = 0.5 * (strain + strain.transpose(1, 2))
