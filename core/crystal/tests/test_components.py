@@ -143,3 +143,28 @@ def test_potential_check_geometry_names_the_crystals():
 
     empty = PotentialOutput.empty(CrystalBatch.empty(), forces=True, stress=False)
     assert empty.energy.shape == (0,) and empty.forces.shape == (0, 3) and empty.stress is None
+
+
+def test_strict_model_is_the_base_of_component_configs():
+    from pydantic import ValidationError
+
+    from crystal.config import StrictModel, format_validation_error
+
+    class Opts(StrictModel):
+        steps: int = 1
+
+    assert issubclass(ComponentConfig, StrictModel)
+    assert ComponentConfig.model_config["validate_default"] is True
+    with pytest.raises(ValidationError) as err:
+        Opts(stpes=3)
+    assert format_validation_error(err.value, "relax") == "relax: field 'stpes': unknown parameter"
+    with pytest.raises(ValidationError, match="frozen"):
+        Opts().steps = 2  # type: ignore[misc]
+
+
+def test_dataset_and_metric_specs_live_with_their_hooks():
+    import crystal.hookspecs
+    import crystal.registries
+
+    assert crystal.registries.DatasetSpec is crystal.hookspecs.DatasetSpec
+    assert crystal.registries.MetricSpec is crystal.hookspecs.MetricSpec

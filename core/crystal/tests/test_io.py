@@ -148,3 +148,20 @@ def test_reads_jarvis_poscars_and_cgcnn_cifs(shared_data):
     cgcnn = read_structures(str(shared_data / "cgcnn" / "sample-regression" / "*.cif"))
     assert not cgcnn.failures
     assert sorted(cgcnn.ids) == sorted(p.stem for p in (shared_data / "cgcnn" / "sample-regression").glob("*.cif"))
+
+
+def test_public_parsing_helpers(tmp_path, pmg_structures):
+    from crystal.io import check_structure, json_default, parse_cif, read_file, short_error
+
+    si = pmg_structures[0]
+    [(ident, structure, error)] = list(parse_cif(str(CifWriter(si)), "si"))
+    assert (ident, error) == ("si", None) and structure.composition == si.composition
+    [(ident, structure, error)] = list(parse_cif("not a cif", "junk"))
+    assert ident == "junk" and structure is None and error.startswith("not a valid CIF")
+    assert check_structure(si) is None
+    assert "no atoms" in check_structure(Structure(Lattice.cubic(3.0), [], []))
+    assert short_error(ValueError("first line\nsecond")) == "ValueError: first line"
+    assert json.dumps({"a": np.arange(2), "b": np.float32(0.5)}, default=json_default) == '{"a": [0, 1], "b": 0.5}'
+    (tmp_path / "si.cif").write_text(str(CifWriter(si)))
+    res = read_file(tmp_path / "si.cif")
+    assert res.ids == ["si"] and not res.failures

@@ -97,15 +97,8 @@ METADATA = (
 
 
 @pytest.fixture
-def gen_site(tmp_path, monkeypatch):
-    import importlib
-
-    from fakedist import forget_modules, make_dist
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    make_dist(
-        tmp_path,
+def gen_site(fake_distribution):
+    fake_distribution(
         "fake-gen",
         {
             "crystal.potentials": {"fake-pot": "fake_gen.comp:Pot"},
@@ -114,9 +107,8 @@ def gen_site(tmp_path, monkeypatch):
         },
         {"fake_gen/__init__.py": "", "fake_gen/comp.py": GENERATED},
     )
-    (tmp_path / "fake_gen-1.0.dist-info" / "METADATA").write_text(METADATA)
-    yield tmp_path
-    forget_modules("fake_gen")
+    (fake_distribution.site / "fake_gen-1.0.dist-info" / "METADATA").write_text(METADATA)
+    return fake_distribution.site
 
 
 def test_compile_render_roundtrip_and_drift(gen_site):
@@ -183,7 +175,7 @@ def test_named_weights_errors_and_pickling():
         named.entry("b")
 
 
-def test_compile_errors_name_the_fix(gen_site):
+def test_compile_errors_name_the_fix(gen_site, fake_distribution):
     from crystal.errors import PluginNotFoundError
     from crystal.manifest import compile_manifest
 
@@ -197,8 +189,6 @@ def test_compile_errors_name_the_fix(gen_site):
         "Metadata-Version: 2.1\nName: fake-gen\nVersion: 1.0\n"
     )
     comp.write_text(GENERATED)
-    from fakedist import forget_modules
-
-    forget_modules("fake_gen")
+    fake_distribution.forget_modules("fake_gen")
     with pytest.raises(PluginError, match=r"no description: set `description` in \[project\]"):
         compile_manifest("fake-gen")

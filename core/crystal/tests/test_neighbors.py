@@ -167,7 +167,7 @@ def test_gradcheck_vectors():
 
 def test_nearest_k_dense_path_matches_two_stable_sorts():
     """The top-k layout keeps exactly the first k of the (source, distance, enumeration) order."""
-    from crystal.neighbors import _nearest_k
+    from crystal.neighbors import nearest_k
 
     g = torch.Generator().manual_seed(0)
     counts = torch.randint(0, 30, (50,), generator=g)
@@ -180,7 +180,7 @@ def test_nearest_k_dense_path_matches_two_stable_sorts():
     rank = torch.arange(src.numel()) - first[src[order]]
     for k in (1, 5, 12, 40):
         expected = order[rank < k]
-        assert torch.equal(_nearest_k(edge_index, dist, k), expected), k
+        assert torch.equal(nearest_k(edge_index, dist, k), expected), k
 
 
 def test_knn_search_falls_back_to_the_full_cutoff_for_sparse_atoms():
@@ -189,7 +189,7 @@ def test_knn_search_falls_back_to_the_full_cutoff_for_sparse_atoms():
     search. The result must equal "all within the cutoff, then the k nearest"."""
     from pymatgen.core import Lattice, Structure
 
-    from crystal.neighbors import _nearest_k, _search
+    from crystal.neighbors import nearest_k
 
     g = torch.Generator().manual_seed(3)
     pts = []
@@ -203,13 +203,17 @@ def test_knn_search_falls_back_to_the_full_cutoff_for_sparse_atoms():
     dense = Structure(Lattice.cubic(3.6), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     batch = CrystalBatch.from_structures([dense, sparse, dense])
     full = radius_graph(batch, 8.0)
-    i, j, _n, dist = _search(batch, 8.0, 4_000_000)  # the same edges, with the search's distances
-    assert torch.equal(torch.stack([i, j]), full.edge_index)
+    full_edges = set(zip(full.edge_index[0].tolist(), full.edge_index[1].tolist(), map(tuple, full.shifts.tolist())))
     for k in (4, 12):
         got = radius_graph(batch, 8.0, max_neighbors=k)
-        keep = _nearest_k(full.edge_index, dist, k)  # all within the cutoff, then the k nearest
-        assert torch.equal(got.edge_index, full.edge_index[:, keep]), k
-        assert torch.equal(got.shifts, full.shifts[keep]), k
-        torch.testing.assert_close(got.vectors, full.vectors[keep])
+        # every kept edge (neighbour and image) is an edge of the full graph, kept once
+        edges = list(zip(got.edge_index[0].tolist(), got.edge_index[1].tolist(), map(tuple, got.shifts.tolist())))
+        assert set(edges) <= full_edges and len(set(edges)) == len(edges), k
+        # all within the cutoff, then the k nearest: both ordered by (source, distance), so the
+        # distances agree whichever of several equidistant neighbours was kept
+        keep = nearest_k(full.edge_index, full.distances, k)
+        assert torch.equal(got.edge_index[0], full.edge_index[0, keep]), k
+        torch.testing.assert_close(got.distances, full.distances[keep])
+        torch.testing.assert_close(got.vectors.norm(dim=-1), got.distances)
     lone = batch.ptr[1] + 40
     assert int((got.edge_index[0] == lone).sum()) == 12

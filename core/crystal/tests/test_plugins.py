@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import pytest
-from fakedist import forget_modules, make_dist
 
 from crystal import DuplicatePluginError, PluginLoadError, PluginNotFoundError
 from crystal.plugins import check_plugins, list_plugins, load, load_class
@@ -50,19 +48,15 @@ produces = "properties"
 
 
 @pytest.fixture
-def site(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
+def site(fake_distribution, monkeypatch):
+    """crystal's ``fake_distribution`` fixture, with no allow/block lists in the environment."""
     monkeypatch.delenv("CRYSTAL_PLUGINS", raising=False)
     monkeypatch.delenv("CRYSTAL_DISABLE_PLUGINS", raising=False)
-    importlib.invalidate_caches()
-    yield tmp_path
-    for prefix in ("fake_good", "fake_broken", "fake_dup", "fake_wrong"):
-        forget_modules(prefix)
+    return fake_distribution
 
 
 def _good(site):
-    make_dist(
-        site,
+    site(
         "fake-good",
         {
             "crystal.encoders": {"count-atoms": "fake_good.enc:CountAtoms"},
@@ -107,8 +101,7 @@ def test_unknown_name_suggests(site):
 
 def test_broken_plugin_is_reported_and_others_still_work(site):
     _good(site)
-    make_dist(
-        site,
+    site(
         "fake-broken",
         {"crystal.encoders": {"broken": "fake_broken.enc:Nope"}},
         {"fake_broken/__init__.py": "", "fake_broken/enc.py": "import a_module_that_does_not_exist\n"},
@@ -130,8 +123,7 @@ def test_broken_plugin_is_reported_and_others_still_work(site):
 
 def test_duplicate_names_name_both_distributions(site):
     _good(site)
-    make_dist(
-        site,
+    site(
         "fake-dup",
         {"crystal.encoders": {"count-atoms": "fake_dup.enc:CountAtoms"}},
         {"fake_dup/__init__.py": "", "fake_dup/enc.py": GOOD},
@@ -141,8 +133,7 @@ def test_duplicate_names_name_both_distributions(site):
 
 
 def test_wrong_kind_or_name_mismatch(site):
-    make_dist(
-        site,
+    site(
         "fake-wrong",
         {
             "crystal.potentials": {"count-atoms": "fake_wrong.enc:CountAtoms"},

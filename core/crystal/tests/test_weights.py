@@ -1,12 +1,10 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 from pathlib import Path
 
 import pytest
 import torch
-from fakedist import forget_modules, make_dist
 
 from crystal import WeightsError
 from crystal.manifest import WeightsManifest
@@ -54,8 +52,8 @@ def test_missing_file(tmp_path):
         resolve_weights(entry)
 
 
-def test_registry_from_manifests_and_package_resources(tmp_path, monkeypatch):
-    blob = tmp_path / "fake_w" / "weights" / "tiny.pt"
+def test_registry_from_manifests_and_package_resources(fake_distribution):
+    blob = fake_distribution.site / "fake_w" / "weights" / "tiny.pt"
     blob.parent.mkdir(parents=True)
     torch.save({"x": torch.tensor([1.0, 2.0])}, blob)
     sha = hashlib.sha256(blob.read_bytes()).hexdigest()
@@ -71,19 +69,13 @@ licence = "CC-BY-4.0"
 training_data = "synthetic"
 metrics = {{ mae_eV = 0.1 }}
 '''
-    make_dist(
-        tmp_path,
+    fake_distribution(
         "fake-w",
         {"crystal.manifests": {"fake-w": "fake_w:crystal_plugin.toml"}},
         {"fake_w/__init__.py": "", "fake_w/crystal_plugin.toml": manifest},
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    try:
-        assert list_weights()["fake-tiny"][0] == "fake-w"
-        assert find_weights("fake-tiny").metrics == {"mae_eV": 0.1}
-        assert torch.equal(load_state_dict("fake-tiny")["x"], torch.tensor([1.0, 2.0]))
-        with pytest.raises(WeightsError, match="did you mean 'fake-tiny'"):
-            find_weights("fake-tiny2")
-    finally:
-        forget_modules("fake_w")
+    assert list_weights()["fake-tiny"][0] == "fake-w"
+    assert find_weights("fake-tiny").metrics == {"mae_eV": 0.1}
+    assert torch.equal(load_state_dict("fake-tiny")["x"], torch.tensor([1.0, 2.0]))
+    with pytest.raises(WeightsError, match="did you mean 'fake-tiny'"):
+        find_weights("fake-tiny2")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import pytest
-from fakedist import forget_modules, make_dist
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
@@ -118,18 +116,12 @@ from crystal.testing.potentials import LennardJones
 
 
 @pytest.fixture
-def lj_plugin(tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    make_dist(
-        root,
+def lj_plugin(fake_distribution):
+    fake_distribution(
         "fake-lj-eval",
         {"crystal.potentials": {"lennard-jones": "crystal.testing.potentials:LennardJones"}},
         {"fake_lj_eval/__init__.py": "", "fake_lj_eval/pot.py": POTENTIALS},
     )
-    monkeypatch.syspath_prepend(str(root))
-    importlib.invalidate_caches()
-    yield
-    forget_modules("fake_lj_eval")
 
 
 def test_evaluate_step_with_sun_loads_the_potential_by_name(tmp_path, lj_plugin):

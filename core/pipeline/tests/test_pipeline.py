@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 from pathlib import Path
 
 import pytest
 from ase.build import bulk
-from fakedist import forget_modules, make_dist
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
@@ -36,10 +34,8 @@ class CountingLJ(LennardJones):
 
 
 @pytest.fixture
-def lj_plugin(tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    make_dist(
-        root,
+def lj_plugin(fake_distribution):
+    fake_distribution(
         "fake-lj",
         {
             "crystal.potentials": {
@@ -49,10 +45,6 @@ def lj_plugin(tmp_path, monkeypatch):
         },
         {"fake_lj/__init__.py": "", "fake_lj/pot.py": POTENTIALS},
     )
-    monkeypatch.syspath_prepend(str(root))
-    importlib.invalidate_caches()
-    yield
-    forget_modules("fake_lj")
 
 
 def _argon_inputs(folder: Path) -> list[str]:
@@ -322,10 +314,8 @@ class Light(Characterizer):
 '''
 
 
-def test_characterize_step(tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    make_dist(
-        root,
+def test_characterize_step(tmp_path, fake_distribution):
+    fake_distribution(
         "fake-char",
         {
             "crystal.representations": {"z-histogram": "fake_char.mod:Histogram"},
@@ -333,19 +323,14 @@ def test_characterize_step(tmp_path, monkeypatch):
         },
         {"fake_char/__init__.py": "", "fake_char/mod.py": CHARACTERIZE},
     )
-    monkeypatch.syspath_prepend(str(root))
-    importlib.invalidate_caches()
-    try:
-        data = {
-            "source": {"type": "dataset", "name": "dcdft", "limit": 6},  # H, He, Li, Be, B, C
-            "steps": [{"id": "kind", "type": "characterize", "characterizer": "light-elements"}],
-            "sinks": [{"type": "csv", "path": "summary.csv"}],
-        }
-        res = run_pipeline(data, tmp_path / "run")
-        assert res.batch.crystal_properties["light_index"].tolist() == [1, 1, 1, 0, 0, 0]
-        assert res.batch.crystal_properties["light_prob"].tolist() == pytest.approx([0.9] * 6)
-        rows = _rows(tmp_path / "run" / "summary.csv")
-        assert [r["light"] for r in rows] == ["light"] * 3 + ["heavy"] * 3
-        assert [p["name"] for p in res.manifest["plugins"]] == ["z-histogram", "light-elements"]
-    finally:
-        forget_modules("fake_char")
+    data = {
+        "source": {"type": "dataset", "name": "dcdft", "limit": 6},  # H, He, Li, Be, B, C
+        "steps": [{"id": "kind", "type": "characterize", "characterizer": "light-elements"}],
+        "sinks": [{"type": "csv", "path": "summary.csv"}],
+    }
+    res = run_pipeline(data, tmp_path / "run")
+    assert res.batch.crystal_properties["light_index"].tolist() == [1, 1, 1, 0, 0, 0]
+    assert res.batch.crystal_properties["light_prob"].tolist() == pytest.approx([0.9] * 6)
+    rows = _rows(tmp_path / "run" / "summary.csv")
+    assert [r["light"] for r in rows] == ["light"] * 3 + ["heavy"] * 3
+    assert [p["name"] for p in res.manifest["plugins"]] == ["z-histogram", "light-elements"]

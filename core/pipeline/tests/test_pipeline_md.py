@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from ase.build import bulk
-from fakedist import forget_modules, make_dist
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 
@@ -44,10 +42,8 @@ class PickyLJ(LennardJones):
 
 
 @pytest.fixture
-def lj_plugin(tmp_path, monkeypatch):
-    root = tmp_path / "site"
-    make_dist(
-        root,
+def lj_plugin(fake_distribution):
+    fake_distribution(
         "fake-md-lj",
         {
             "crystal.potentials": {
@@ -57,10 +53,6 @@ def lj_plugin(tmp_path, monkeypatch):
         },
         {"fake_md_lj/__init__.py": "", "fake_md_lj/pot.py": POTENTIALS},
     )
-    monkeypatch.syspath_prepend(str(root))
-    importlib.invalidate_caches()
-    yield
-    forget_modules("fake_md_lj")
 
 
 def _write(folder: Path, name: str, symbol: str, a: float, seed: int) -> None:

@@ -26,8 +26,8 @@ __all__ = ["StrictModel", "format_validation_error"]
 class StrictModel(BaseModel):
     """A frozen pydantic model that rejects unknown fields (``extra="forbid"``).
 
-    Subclasses may extend ``model_config`` (``ConfigDict(**StrictModel.model_config,
-    validate_default=True)``) but should keep ``extra="forbid"`` and ``frozen=True``.
+    Subclasses may add settings (``model_config = ConfigDict(validate_default=True)``;
+    pydantic merges them with these) but should keep ``extra="forbid"`` and ``frozen=True``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -20,7 +20,7 @@ import torch
 
 from crystal.batch import CrystalBatch
 
-__all__ = ["RadiusGraph", "radius_graph"]
+__all__ = ["RadiusGraph", "nearest_k", "radius_graph"]
 
 
 @dataclass
@@ -42,11 +42,13 @@ def _empty(batch: CrystalBatch) -> RadiusGraph:
     )
 
 
-def _nearest_k(edge_index: torch.Tensor, distances: torch.Tensor, k: int) -> torch.Tensor:
+def nearest_k(edge_index: torch.Tensor, distances: torch.Tensor, k: int) -> torch.Tensor:
     """(E',) indices of the ``k`` nearest edges of every source, ordered by (source, rank).
 
-    Edges must come grouped by source in (source, neighbour, shift) lexicographic order (as
-    enumerated by :func:`radius_graph`); ties are broken by that order, so the result is the
+    Use it to cut an edge list to ``k`` neighbours per atom, e.g. the edges of a
+    :class:`RadiusGraph`: ``keep = nearest_k(g.edge_index, g.distances, 12)``. Edges must
+    come grouped by source in (source, neighbour, shift) lexicographic order (as enumerated
+    by :func:`radius_graph`); ties are broken by that order, so the result is the
     first ``k`` of the (source, distance, neighbour, shift) order. Neighbour lists are laid
     out densely ``(N, max degree)`` and cut at each row's ``k``-th smallest distance with
     ``topk`` (no sort of all E edges); only the kept ``≤ N k`` edges are sorted. Falls back
@@ -116,7 +118,7 @@ def radius_graph(
             i, j, n, dist = _search(batch, cutoff, max_pairs_per_chunk)
         else:
             i, j, n, dist = _search_knn(batch, cutoff, max_neighbors, max_pairs_per_chunk)
-            keep = _nearest_k(torch.stack([i, j]), dist, max_neighbors)  # choose before the recomputation
+            keep = nearest_k(torch.stack([i, j]), dist, max_neighbors)  # choose before the recomputation
             i, j, n = i[keep], j[keep], n[keep]
         if i.numel() == 0:
             return _empty(batch)

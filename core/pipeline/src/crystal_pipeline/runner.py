@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import hashlib
 import json
 import platform
@@ -198,21 +199,31 @@ class Pipeline:
     ) -> RunResult:
         """Run the pipeline into ``run_dir`` (default ``runs/<name>-<timestamp>``)."""
         self.check()
-        cfg = self.config
-        meta = cfg.pipeline
-        dev = resolve_device(device or meta.device)
+        dev = resolve_device(device or self.config.pipeline.device)
+        path, started = self._prepare_run_dir(run_dir, resume)
+        run = _Run(run_dir=path, resume=resume, dev=dev, listeners=list(listeners))
+        run.manifest = self._initial_manifest(run, started)
+        _write_json(run.manifest_path, run.manifest)
+        try:
+            return self._execute(run)
+        except BaseException as exc:
+            run.record_error(exc)
+            raise
+
+    def _prepare_run_dir(self, run_dir: str | Path | None, resume: bool) -> tuple[Path, str | None]:
+        """The run directory, created, and when the run started: now, or for ``resume`` the
+        interrupted run's start (its manifest must exist and carry this config's hash)."""
         if run_dir is None:
             stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = Path("runs") / f"{meta.name}-{stamp}"
+            run_dir = Path("runs") / f"{self.config.pipeline.name}-{stamp}"
         run_dir = Path(run_dir)
-        state = run_dir / ".state"
-        chash = _config_hash(cfg)
         manifest_path = run_dir / "manifest.json"
+        started: str | None
         if resume:
             if not manifest_path.is_file():
                 raise ConfigError(f"{run_dir}: nothing to resume (no manifest.json)")
             previous = json.loads(manifest_path.read_text())
-            if previous.get("config_sha256") != chash:
+            if previous.get("config_sha256") != _config_hash(self.config):
                 raise ConfigError(
                     f"{run_dir}: cannot resume: the pipeline config differs from the interrupted run's "
                     "(same file and --set overrides are needed)"
@@ -225,217 +236,179 @@ class Pipeline:
                 )
             started = _dt.datetime.now(_dt.UTC).isoformat()
         run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir, started
 
-        listeners = list(listeners)
-
-        def emit(
-            kind: EventKind,
-            step: str | None = None,
-            message: str = "",
-            done: int | None = None,
-            total: int | None = None,
-            data: dict[str, Any] | None = None,
-        ) -> None:
-            event = PipelineEvent(kind, str(run_dir), step, message, done, total, data or {})
-            _dispatch(event, listeners)
-
-        manifest: dict[str, Any] = {
+    def _initial_manifest(self, run: _Run, started: str | None) -> dict[str, Any]:
+        """The manifest written before anything runs (status ``running``)."""
+        cfg, dev = self.config, run.dev
+        return {
             "crystal_version": _version("crystal-core"),
             "pipeline": cfg.pipeline.name,
             "origin": self.origin,
             "config": cfg.model_dump(mode="json"),
-            "config_sha256": chash,
-            "seed": meta.seed,
+            "config_sha256": _config_hash(cfg),
+            "seed": cfg.pipeline.seed,
             "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev)
             if dev.type == "cuda"
             else platform.processor() or platform.machine(),
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "packages": {
-                p: _version(p)
-                for p in (
-                    "crystal-core",
-                    "crystal-cli",
-                    "torch",
-                    "numpy",
-                    "pymatgen",
-                    "ase",
-                    "pydantic",
-                    "pluggy",
-                    "stevedore",
-                )
-            },
+            "packages": {p: _version(p) for p in _MANIFEST_PACKAGES},
             "torch_threads": torch.get_num_threads(),
             "started": started,
             "status": "running",
-            "resumed": resume,
+            "resumed": run.resume,
             "timings_s": {},
         }
-        _write_json(manifest_path, manifest)
-        try:
-            _seed_everything(meta.seed)
-            t_run = time.perf_counter()
-            emit("run_start", message=f"pipeline {meta.name!r} on {dev}")
 
-            # components: loaded once per run
-            from crystal.plugins import list_plugins, load_class
-
-            ctx = StepContext(run_dir=run_dir, emit=emit, seed=meta.seed, base_dir=self.base_dir)
-            plugins_used = []
-            dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
-
-            def instantiate(kind: str, name: str, ccfg: dict[str, Any]) -> Component:
-                cls = load_class(kind, name)
-                # a component that cannot run on the run's device (e.g. a CPU-only generator on a
-                # GPU run) runs on the CPU; steps move batches to each component's device
-                return cls(ccfg, device=str(dev) if dev.type in cls.devices else "cpu")
-
-            for step_id, kind, name, ccfg in self._components_needed():
-                comp = instantiate(kind, name, ccfg)
-                comps: tuple[Component, ...] = (comp,)
-                if kind == "characterizer":
-                    step = next(s for s in cfg.steps if s.id == step_id)
-                    rep_name = getattr(step, "representation", None) or comp.consumes
-                    comps = (instantiate("representation", rep_name, getattr(step, "representation_config", {})), comp)
-                ctx.components[step_id] = comps
-                for c in comps:
-                    info = dists.get((c.kind.singular, c.name))
-                    plugins_used.append(
-                        {
-                            "step": step_id,
-                            "device": str(c.device),
-                            "kind": c.kind.singular,
-                            "name": c.name,
-                            "component_version": c.version,
-                            "distribution": info.distribution if info else None,
-                            "distribution_version": info.version if info else None,
-                            "config": c.config.model_dump(mode="json"),
-                            "weights": [_weights_record(w) for w in c.weights_in_use()],
-                            # sha256 of a checkpoint file loaded by path (trainable encoders)
-                            "checkpoint_sha256": getattr(c, "checkpoint_sha256", None),
-                        }
-                    )
-            manifest["plugins"] = plugins_used
-
-            # ---- source
+    def _execute(self, run: _Run) -> RunResult:
+        """Components, source, stages, outputs: the run proper (the manifest exists)."""
+        meta = self.config.pipeline
+        _seed_everything(meta.seed)
+        t_run = time.perf_counter()
+        run.emit("run_start", message=f"pipeline {meta.name!r} on {run.dev}")
+        ctx = StepContext(run_dir=run.run_dir, emit=run.emit, seed=meta.seed, base_dir=self.base_dir)
+        run.manifest["plugins"] = self._load_components(ctx, run.dev)
+        self._source_stage(run, ctx)
+        for k, stage in enumerate(_group_stages(self.config.steps)):
             t0 = time.perf_counter()
-            src_ckpt = state / "source.pt"
-            emit("step_start", "source", f"source: {cfg.source.type}")
-            if resume and src_ckpt.is_file():
-                source = load_checkpoint(src_ckpt, dev)
+            if stage[0].type in MAP_STEPS:
+                self._map_stage(run, ctx, k, stage)
             else:
-                source = self._read_source(ctx, dev)
-                save_checkpoint(src_ckpt, source)
-            manifest["timings_s"]["source"] = round(time.perf_counter() - t0, 3)
-            all_ids = list(source.batch.ids) + [f.id for f in source.failures]
-            inputs_info = {
-                i: str(inf.get("source", "")) for i, inf in zip(source.batch.ids, source.batch.info, strict=True)
-            }
-            emit(
-                "step_end",
-                "source",
-                f"{len(source.batch)} crystals, {len(source.failures)} failed",
-                done=len(source.batch),
-                total=len(all_ids),
-            )
+                (step,) = stage
+                self._global_stage(run, ctx, k, step)
+            run.manifest["timings_s"]["+".join(s.id for s in stage)] = round(time.perf_counter() - t0, 3)
+        rows = self._write_outputs(run)
+        run.manifest["timings_s"]["total"] = round(time.perf_counter() - t_run, 3)
+        return self._finish(run, rows)
 
-            failures = list(source.failures)
-            dropped: list[Dropped] = []
-            batch = source.batch
+    def _load_components(self, ctx: StepContext, dev: torch.device) -> list[dict[str, Any]]:
+        """Instantiate every component once per run into ``ctx.components``; their manifest
+        records (versions, distributions, configs, weights)."""
+        from crystal.plugins import list_plugins, load_class
 
-            # ---- stages
-            stages: list[list[Any]] = []
-            for step in cfg.steps:
-                if step.type in MAP_STEPS and stages and stages[-1][0].type in MAP_STEPS:
-                    stages[-1].append(step)
-                else:
-                    stages.append([step])
-            for k, stage in enumerate(stages):
-                t0 = time.perf_counter()
-                names = "+".join(s.id for s in stage)
-                if stage[0].type in MAP_STEPS:
-                    parts: list[CrystalBatch] = []
-                    n_chunks = max(1, -(-len(batch) // meta.chunk_size))
-                    for s in stage:
-                        emit("step_start", s.id, f"{s.type} on {len(batch)} crystals", done=0, total=len(batch))
-                    done = 0
-                    for j, chunk in enumerate(batch.split(meta.chunk_size) if len(batch) else [batch]):
-                        ckpt = state / f"stage{k:02d}-chunk{j:05d}.pt"
-                        if resume and ckpt.is_file():
-                            out = load_checkpoint(ckpt, dev)
-                        else:
-                            ctx.chunk_index = j
-                            out = StageOutput(chunk)
-                            for s in stage:
-                                res = run_map_step(s, out.batch, ctx)
-                                out = StageOutput(res.batch, out.failures + res.failures)
-                            save_checkpoint(ckpt, out)
-                        parts.append(out.batch)
-                        failures += out.failures
-                        done += len(chunk)
-                        for s in stage:
-                            emit("progress", s.id, f"chunk {j + 1}/{n_chunks}", done=done, total=len(batch))
-                    batch = CrystalBatch.concat(parts) if parts else batch
-                    for s in stage:
-                        emit("step_end", s.id, f"{len(batch)} crystals remain", done=len(batch), total=len(batch))
-                else:
-                    (s,) = stage
-                    ckpt = state / f"stage{k:02d}.pt"
-                    emit("step_start", s.id, f"{s.type} on {len(batch)} crystals", done=0, total=len(batch))
-                    if resume and ckpt.is_file():
-                        out = load_checkpoint(ckpt, dev)
-                    else:
-                        out = run_global_step(s, batch, ctx)
-                        save_checkpoint(ckpt, out)
-                    batch = out.batch
-                    dropped += out.dropped
-                    failures += out.failures
-                    emit("step_end", s.id, f"{len(batch)} crystals remain", done=len(batch), total=len(batch))
-                manifest["timings_s"][names] = round(time.perf_counter() - t0, 3)
+        plugins_used = []
+        dists = {(p.kind, p.name): p for p in list_plugins(include_disabled=True)}
 
-            # ---- outputs
-            t0 = time.perf_counter()
-            rows = _result_rows(all_ids, batch, failures, dropped, inputs_info)
-            _write_rows(run_dir / "results.csv", rows)
-            _write_rows(
-                run_dir / "failures.csv",
-                [r for r in rows if r["status"] == "failed"],
-                fields=["id", "status", "step", "reason", "source"],
-            )
-            outputs = ["results.csv", "failures.csv"]
-            for sink in cfg.sinks:
-                outputs += self._write_sink(sink, batch, run_dir)
-            manifest["timings_s"]["sinks"] = round(time.perf_counter() - t0, 3)
-            manifest["timings_s"]["total"] = round(time.perf_counter() - t_run, 3)
-            counts: dict[str, int] = {}
-            for r in rows:
-                counts[r["status"]] = counts.get(r["status"], 0) + 1
-            manifest.update(
-                status="complete",
-                finished=_dt.datetime.now(_dt.UTC).isoformat(),
-                counts={"inputs": len(all_ids), **counts},
-                outputs=outputs,
-            )
-            _write_json(manifest_path, manifest)
-            emit(
-                "run_end",
-                message=f"{counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
-                f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates -> {run_dir}",
-            )
-            return RunResult(run_dir, batch, rows, failures, dropped, manifest)
-        except BaseException as exc:
-            # leave an honest manifest behind: the run failed or was interrupted, never 'running'
-            interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
-            manifest.update(
-                status="interrupted" if interrupted else "failed",
-                error=f"{type(exc).__name__}: {exc}",
-                finished=_dt.datetime.now(_dt.UTC).isoformat(),
-            )
-            _write_json(manifest_path, manifest)
-            if not interrupted:
-                emit("failure", message=f"run failed: {type(exc).__name__}: {exc}", data={"error": str(exc)})
-            raise
+        def instantiate(kind: str, name: str, ccfg: dict[str, Any]) -> Component:
+            cls = load_class(kind, name)
+            # a component that cannot run on the run's device (e.g. a CPU-only generator on a
+            # GPU run) runs on the CPU; steps move batches to each component's device
+            return cls(ccfg, device=str(dev) if dev.type in cls.devices else "cpu")
+
+        for step_id, kind, name, ccfg in self._components_needed():
+            comp = instantiate(kind, name, ccfg)
+            comps: tuple[Component, ...] = (comp,)
+            if kind == "characterizer":
+                step = next(s for s in self.config.steps if s.id == step_id)
+                rep_name = getattr(step, "representation", None) or comp.consumes
+                comps = (instantiate("representation", rep_name, getattr(step, "representation_config", {})), comp)
+            ctx.components[step_id] = comps
+            for c in comps:
+                info = dists.get((c.kind.singular, c.name))
+                plugins_used.append(
+                    {
+                        "step": step_id,
+                        "device": str(c.device),
+                        "kind": c.kind.singular,
+                        "name": c.name,
+                        "component_version": c.version,
+                        "distribution": info.distribution if info else None,
+                        "distribution_version": info.version if info else None,
+                        "config": c.config.model_dump(mode="json"),
+                        "weights": [_weights_record(w) for w in c.weights_in_use()],
+                        # sha256 of a checkpoint file loaded by path (trainable encoders)
+                        "checkpoint_sha256": getattr(c, "checkpoint_sha256", None),
+                    }
+                )
+        return plugins_used
+
+    def _source_stage(self, run: _Run, ctx: StepContext) -> None:
+        """Read (or reload) the source: the run's inputs, its first batch and failures."""
+        t0 = time.perf_counter()
+        run.emit("step_start", "source", f"source: {self.config.source.type}")
+        source = run.checkpointed(run.state / "source.pt", lambda: self._read_source(ctx, run.dev))
+        run.manifest["timings_s"]["source"] = round(time.perf_counter() - t0, 3)
+        run.all_ids = list(source.batch.ids) + [f.id for f in source.failures]
+        run.sources = {
+            i: str(inf.get("source", "")) for i, inf in zip(source.batch.ids, source.batch.info, strict=True)
+        }
+        run.emit(
+            "step_end",
+            "source",
+            f"{len(source.batch)} crystals, {len(source.failures)} failed",
+            done=len(source.batch),
+            total=len(run.all_ids),
+        )
+        run.failures = list(source.failures)
+        run.batch = source.batch
+
+    def _map_stage(self, run: _Run, ctx: StepContext, k: int, stage: list[Any]) -> None:
+        """Consecutive map steps, chunk by chunk; each chunk checkpointed. A crystal that a
+        step cannot handle becomes a failure of that chunk, never of the run."""
+        batch, chunk_size = run.batch, self.config.pipeline.chunk_size
+        n_chunks = max(1, -(-len(batch) // chunk_size))
+        for s in stage:
+            run.emit("step_start", s.id, f"{s.type} on {len(batch)} crystals", done=0, total=len(batch))
+        parts: list[CrystalBatch] = []
+        done = 0
+        for j, chunk in enumerate(batch.split(chunk_size) if len(batch) else [batch]):
+            ckpt = run.state / f"stage{k:02d}-chunk{j:05d}.pt"
+            out = run.checkpointed(ckpt, functools.partial(_run_chunk, stage, chunk, ctx, j))
+            parts.append(out.batch)
+            run.failures += out.failures
+            done += len(chunk)
+            for s in stage:
+                run.emit("progress", s.id, f"chunk {j + 1}/{n_chunks}", done=done, total=len(batch))
+        run.batch = CrystalBatch.concat(parts) if parts else batch
+        for s in stage:
+            run.emit("step_end", s.id, f"{len(run.batch)} crystals remain", done=len(run.batch), total=len(run.batch))
+
+    def _global_stage(self, run: _Run, ctx: StepContext, k: int, step: Any) -> None:
+        """One global step (filter, rank, deduplicate, ...) on the whole batch, checkpointed."""
+        batch = run.batch
+        run.emit("step_start", step.id, f"{step.type} on {len(batch)} crystals", done=0, total=len(batch))
+        out = run.checkpointed(run.state / f"stage{k:02d}.pt", lambda: run_global_step(step, batch, ctx))
+        run.batch = out.batch
+        run.dropped += out.dropped
+        run.failures += out.failures
+        run.emit("step_end", step.id, f"{len(run.batch)} crystals remain", done=len(run.batch), total=len(run.batch))
+
+    def _write_outputs(self, run: _Run) -> list[dict[str, Any]]:
+        """results.csv, failures.csv and every sink; the result rows."""
+        t0 = time.perf_counter()
+        rows = _result_rows(run.all_ids, run.batch, run.failures, run.dropped, run.sources)
+        _write_rows(run.run_dir / "results.csv", rows)
+        _write_rows(
+            run.run_dir / "failures.csv",
+            [r for r in rows if r["status"] == "failed"],
+            fields=["id", "status", "step", "reason", "source"],
+        )
+        run.outputs = ["results.csv", "failures.csv"]
+        for sink in self.config.sinks:
+            run.outputs += self._write_sink(sink, run.batch, run.run_dir)
+        run.manifest["timings_s"]["sinks"] = round(time.perf_counter() - t0, 3)
+        return rows
+
+    def _finish(self, run: _Run, rows: list[dict[str, Any]]) -> RunResult:
+        """Mark the manifest complete with the counts per status, and say so."""
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        run.manifest.update(
+            status="complete",
+            finished=_dt.datetime.now(_dt.UTC).isoformat(),
+            counts={"inputs": len(run.all_ids), **counts},
+            outputs=run.outputs,
+        )
+        _write_json(run.manifest_path, run.manifest)
+        run.emit(
+            "run_end",
+            message=f"{counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
+            f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates -> {run.run_dir}",
+        )
+        return RunResult(run.run_dir, run.batch, rows, run.failures, run.dropped, run.manifest)
 
     # ------------------------------------------------------------------ helpers
     def _read_source(self, ctx: StepContext, dev: torch.device) -> StageOutput:
@@ -525,6 +498,98 @@ class Pipeline:
         ]
         _write_rows(target, rows, fields=fields)
         return [sink.path]
+
+
+_MANIFEST_PACKAGES = (
+    "crystal-core",
+    "crystal-cli",
+    "torch",
+    "numpy",
+    "pymatgen",
+    "ase",
+    "pydantic",
+    "pluggy",
+    "stevedore",
+)
+
+
+@dataclass
+class _Run:
+    """One run while it runs: where it writes, what it tells its listeners, and the
+    accounting so far (surviving batch, failures, dropped inputs)."""
+
+    run_dir: Path
+    resume: bool
+    dev: torch.device
+    listeners: list[Listener]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    all_ids: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # input id -> where it came from
+    batch: CrystalBatch = field(default_factory=CrystalBatch.empty)
+    failures: list[Failure] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> Path:
+        return self.run_dir / ".state"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+    def emit(
+        self,
+        kind: EventKind,
+        step: str | None = None,
+        message: str = "",
+        done: int | None = None,
+        total: int | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        event = PipelineEvent(kind, str(self.run_dir), step, message, done, total, data or {})
+        _dispatch(event, self.listeners)
+
+    def checkpointed(self, ckpt: Path, compute: Callable[[], StageOutput]) -> StageOutput:
+        """``compute()``, saved to ``ckpt``; on resume, the saved output when it exists."""
+        if self.resume and ckpt.is_file():
+            return load_checkpoint(ckpt, self.dev)
+        out = compute()
+        save_checkpoint(ckpt, out)
+        return out
+
+    def record_error(self, exc: BaseException) -> None:
+        """Leave an honest manifest behind: the run failed or was interrupted, never 'running'."""
+        interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        self.manifest.update(
+            status="interrupted" if interrupted else "failed",
+            error=f"{type(exc).__name__}: {exc}",
+            finished=_dt.datetime.now(_dt.UTC).isoformat(),
+        )
+        _write_json(self.manifest_path, self.manifest)
+        if not interrupted:
+            self.emit("failure", message=f"run failed: {type(exc).__name__}: {exc}", data={"error": str(exc)})
+
+
+def _group_stages(steps: Iterable[Any]) -> list[list[Any]]:
+    """Consecutive map steps form one stage; every global step is a stage of its own."""
+    stages: list[list[Any]] = []
+    for step in steps:
+        if step.type in MAP_STEPS and stages and stages[-1][0].type in MAP_STEPS:
+            stages[-1].append(step)
+        else:
+            stages.append([step])
+    return stages
+
+
+def _run_chunk(stage: list[Any], chunk: CrystalBatch, ctx: StepContext, index: int) -> StageOutput:
+    """The map steps of a stage on one chunk; failures of each step accumulate."""
+    ctx.chunk_index = index
+    out = StageOutput(chunk)
+    for s in stage:
+        res = run_map_step(s, out.batch, ctx)
+        out = StageOutput(res.batch, out.failures + res.failures)
+    return out
 
 
 def _fmt(v: Any) -> Any:

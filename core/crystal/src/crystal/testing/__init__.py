@@ -47,7 +47,26 @@ _EXPORTS: dict[str, str] = {
     "unimodular_recell": "crystal.testing.transforms",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "LennardJones",
+    "assert_close",
+    "assert_dtype_follows_input",
+    "assert_equivariant_forces",
+    "assert_forces_match_finite_differences",
+    "assert_invariant",
+    "assert_outputs_close",
+    "assert_permutation_invariant",
+    "assert_stress_matches_finite_differences",
+    "assert_supercell_extensive",
+    "assert_translation_invariant",
+    "check_potential_symmetries",
+    "permute",
+    "random_rotation",
+    "rotate",
+    "supercell",
+    "translate",
+    "unimodular_recell",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -65,26 +84,17 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from crystal.testing.checks import (
-        assert_close as assert_close,
-        assert_dtype_follows_input as assert_dtype_follows_input,
-        assert_equivariant_forces as assert_equivariant_forces,
-        assert_forces_match_finite_differences as assert_forces_match_finite_differences,
-        assert_invariant as assert_invariant,
-        assert_outputs_close as assert_outputs_close,
-        assert_permutation_invariant as assert_permutation_invariant,
-        assert_stress_matches_finite_differences as assert_stress_matches_finite_differences,
-        assert_supercell_extensive as assert_supercell_extensive,
-        assert_translation_invariant as assert_translation_invariant,
-        check_potential_symmetries as check_potential_symmetries,
+        assert_close,
+        assert_dtype_follows_input,
+        assert_equivariant_forces,
+        assert_forces_match_finite_differences,
+        assert_invariant,
+        assert_outputs_close,
+        assert_permutation_invariant,
+        assert_stress_matches_finite_differences,
+        assert_supercell_extensive,
+        assert_translation_invariant,
+        check_potential_symmetries,
     )
-    from crystal.testing.potentials import (
-        LennardJones as LennardJones,
-    )
-    from crystal.testing.transforms import (
-        permute as permute,
-        random_rotation as random_rotation,
-        rotate as rotate,
-        supercell as supercell,
-        translate as translate,
-        unimodular_recell as unimodular_recell,
-    )
+    from crystal.testing.potentials import LennardJones
+    from crystal.testing.transforms import permute, random_rotation, rotate, supercell, translate, unimodular_recell

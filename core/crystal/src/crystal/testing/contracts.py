@@ -182,7 +182,9 @@ def check_characterizer(char: Characterizer, signals: torch.Tensor) -> None:
     out = char.characterize(signals.to(char.device))
     for head, probs in out.items():
         assert probs.shape == (signals.shape[0], len(char.labels(head))), f"{name}: {head} shape {tuple(probs.shape)}"
-        assert_close(probs.sum(dim=1), torch.ones(signals.shape[0]), 1e-4, 0, f"{name}: {head} probabilities must sum to 1")
+        assert_close(
+            probs.sum(dim=1), torch.ones(signals.shape[0]), 1e-4, 0, f"{name}: {head} probabilities must sum to 1"
+        )
 
 
 def check_plugin(

@@ -68,7 +68,7 @@ class FakeDistributions:
         self.site.mkdir(parents=True, exist_ok=True)
         info = self.site / f"{name.replace('-', '_')}-{version}.dist-info"
         info.mkdir()
-        headers = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+        headers = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
         for key, value in (metadata or {}).items():
             headers += [f"{key}: {v}" for v in ([value] if isinstance(value, str) else value)]
         (info / "METADATA").write_text("\n".join(headers) + "\n", encoding="utf-8")
