@@ -6,7 +6,7 @@ each one:
 
 * a ``## <name>`` section in ``docs/hooks.md`` with the exact signature in a code block
   and a complete ``@hookimpl`` example (which must register against the real specs), and
-* a test function named ``test_hook_<name>`` somewhere under ``core/tests`` or ``tests``.
+* a test function named ``test_hook_<name>`` somewhere under ``core/*/tests`` or ``tests``.
 
 Adding a hook without its documentation and test therefore fails the suite. The
 ``test_hook_*`` tests of the four current hooks follow.
@@ -33,7 +33,7 @@ from crystal.hookspecs import hookimpl
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS_MD = ROOT / "docs" / "hooks.md"
-TEST_DIRS = (ROOT / "core" / "tests", ROOT / "tests")
+TEST_DIRS = (*sorted((ROOT / "core").glob("*/tests")), ROOT / "tests")
 SPEC_ATTR = f"{hookspecs.PROJECT}_spec"  # set by pluggy.HookspecMarker("crystal")
 
 
@@ -135,7 +135,7 @@ def test_every_hook_has_a_test(name):
     pattern = re.compile(rf"^\s*(?:async\s+)?def test_hook_{name}\b", flags=re.M)
     files = [f for d in TEST_DIRS if d.is_dir() for f in sorted(d.rglob("*.py"))]
     hits = [f for f in files if pattern.search(f.read_text(encoding="utf-8"))]
-    assert hits, f"no test function named test_hook_{name} under core/tests or tests"
+    assert hits, f"no test function named test_hook_{name} under core/*/tests or tests"
 
 
 # ============================================================================ hook tests

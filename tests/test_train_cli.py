@@ -101,7 +101,7 @@ def test_train_predict_resume(tmp_path: Path, small_csv: Path) -> None:
     assert [row["epoch"] for row in _read(out / "metrics.csv")] == ["3"]  # a resumed run logs its new epochs
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
     r = crystal_cli(*args, "--epochs", "4", "--resume", "--lr", "0.5", "-o", str(out))
-    assert r.returncode == 2 and "optim.lr" in r.stderr
+    assert r.returncode == 2 and "fit.lr" in r.stderr
 
 
 def test_bad_rows_are_skipped_and_reported(tmp_path: Path, small_csv: Path) -> None:
@@ -173,7 +173,8 @@ def test_config_errors_exit_2(tmp_path: Path, small_csv: Path) -> None:
         f'encoder = "schnet"\n[[targets]]\nname = "heat_ref"\n[data]\ntrain = "{small_csv}"\n[optim]\nmomentum = 0.9\n'
     )
     r = crystal_cli("train", str(toml))
-    assert r.returncode == 2 and f"{toml}: field 'optim'" in r.stderr and "momentum" in r.stderr
+    # the [optim] table of older run files is read into [fit]
+    assert r.returncode == 2 and f"{toml}: field 'fit'" in r.stderr and "momentum" in r.stderr
 
 
 def test_two_process_ddp_on_cpu(tmp_path: Path, small_csv: Path) -> None:
@@ -281,3 +282,18 @@ def test_megnet_trains_with_a_temperature_state_input(tmp_path: Path, small_csv:
         "--quiet",
     )
     assert r.returncode != 0 and "temperature" in r.stderr  # declared state input, no data for it
+
+
+def test_logger_tensorboard_writes_events(tmp_path: Path, small_csv: Path) -> None:
+    """`--logger tensorboard`: epoch metrics also go to TensorBoard event files under logs/."""
+    pytest.importorskip("tensorboardX", reason="crystal-train[test] installs tensorboardX")
+    out = tmp_path / "run"
+    r = crystal_cli(
+        "train", "-e", "schnet", "--train", str(small_csv), "-t", "heat_ref", *TINY_SCHNET,
+        "--epochs", "1", "--batch-size", "8", "--logger", "tensorboard", "-o", str(out), "--quiet",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert list((out / "logs").rglob("events.out.tfevents.*")) and (out / "metrics.csv").is_file()
+    assert json.loads((out / "train-config.json").read_text())["fit"]["logger"] == ["csv", "tensorboard"]
+    r = crystal_cli("train", "-e", "schnet", "--train", str(small_csv), "-t", "heat_ref", "--logger", "mlflow")
+    assert r.returncode == 2 and "fit.logger" in r.stderr

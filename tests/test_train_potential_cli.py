@@ -53,6 +53,9 @@ def test_train_relax_finetune_and_errors(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["potential"] == "mace" and summary["elements"] == ["Cu"] and summary["epochs"] == 2
     assert set(summary["metrics"]["test"]) >= {"energy_mae_mev_per_atom", "forces_mae"}
+    # the run writers' artefacts, as for every trainer (parity: energy per atom and forces)
+    for name in ("model-card.md", "predictions.csv", "parity.png", "failures.csv", "metrics.csv"):
+        assert (run / name).is_file(), name
 
     # the checkpoint is a potential like any other: relax with it from the CLI
     write(tmp_path / "cu.cif", _frames(1, 2)[0], format="cif")

@@ -111,10 +111,24 @@ def test_split_indices_disjoint_and_seeded() -> None:
 
 def test_config_errors_name_the_field(tmp_path: Path) -> None:
     base = {"encoder": "x", "targets": [{"name": "e"}], "data": {"train": ["a.csv"]}}
-    with pytest.raises(ConfigError, match=r"field 'optim': .*momentum is only used by the sgd"):
+    with pytest.raises(ConfigError, match=r"field 'fit': .*momentum is only used by the sgd"):
+        parse_train_config({**base, "fit": {"optimizer": "adam", "momentum": 0.9}}, "run.toml")
+    # the tables of older run files, [optim] and [trainer], are read into [fit]
+    with pytest.raises(ConfigError, match=r"field 'fit': .*momentum is only used by the sgd"):
         parse_train_config({**base, "optim": {"optimizer": "adam", "momentum": 0.9}}, "run.toml")
-    with pytest.raises(ConfigError, match=r"run.toml: field 'trainer.epochs': unknown field"):
+    with pytest.raises(ConfigError, match=r"run.toml: field 'fit.epochs': unknown field"):
         parse_train_config({**base, "trainer": {"epochs": 3}}, "run.toml")
+    legacy = parse_train_config(
+        {**base, "optim": {"lr": 0.01, "scheduler": "plateau", "gamma": 0.3}, "trainer": {"max_epochs": 4}}
+    )
+    assert (legacy.fit.lr, legacy.fit.plateau_factor, legacy.fit.max_epochs, legacy.fit.batch_size) == (
+        0.01,
+        0.3,
+        4,
+        64,
+    )
+    with pytest.raises(ConfigError, match=r"optim\.lr and fit\.lr are the same option"):
+        parse_train_config({**base, "optim": {"lr": 0.01}, "fit": {"lr": 0.1}})
     with pytest.raises(ConfigError, match="val_fraction is only used without val"):
         parse_train_config({**base, "data": {"train": ["a"], "val": ["b"], "val_fraction": 0.2}})
     with pytest.raises(ConfigError, match=r"model\.seed is set by the run"):
@@ -122,9 +136,10 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     (tmp_path / "run.toml").write_text(
         'encoder = "x"\noutput = "out"\n[[targets]]\nname = "e"\n[data]\ntrain = "d.csv"\n'
     )
-    cfg = load_train_config(tmp_path / "run.toml", ["trainer.max_epochs=7"])
+    cfg = load_train_config(tmp_path / "run.toml", ["trainer.max_epochs=7", "fit.lr=0.01"])
     assert (
-        cfg.trainer.max_epochs == 7
+        cfg.fit.max_epochs == 7
+        and cfg.fit.lr == 0.01
         and cfg.data.train == [str(tmp_path / "d.csv")]
         and cfg.output == str(tmp_path / "out")
     )
@@ -152,8 +167,7 @@ def test_fit_learns_and_resumes(tmp_path: Path) -> None:
         enc,
         data,
         data,
-        optim={"lr": 0.05, "scheduler": "none"},
-        trainer={"max_epochs": 60, "batch_size": 8},
+        {"lr": 0.05, "scheduler": "none", "max_epochs": 60, "batch_size": 8},
         output=tmp_path,
         quiet=True,
     )
@@ -168,8 +182,7 @@ def test_fit_learns_and_resumes(tmp_path: Path) -> None:
         enc2,
         data,
         data,
-        optim={"lr": 0.05, "scheduler": "none"},
-        trainer={"max_epochs": 70, "batch_size": 8},
+        {"lr": 0.05, "scheduler": "none", "max_epochs": 70, "batch_size": 8},
         output=tmp_path,
         resume=True,
         quiet=True,
@@ -177,7 +190,7 @@ def test_fit_learns_and_resumes(tmp_path: Path) -> None:
     )
     assert info2["epochs"] == 70 and len(info2["history"]) == 10 and info2["history"][0]["epoch"] == 61
     with pytest.raises(ConfigError, match="cannot resume"):
-        fit(enc2, data, optim={}, trainer={"max_epochs": 1}, output=tmp_path / "new", resume=True, quiet=True)
+        fit(enc2, data, None, {"max_epochs": 1}, output=tmp_path / "new", resume=True, quiet=True)
 
 
 def test_fit_is_reproducible_with_a_seed() -> None:
@@ -185,7 +198,7 @@ def test_fit_is_reproducible_with_a_seed() -> None:
     outs = []
     for _ in range(2):
         enc = MeanEmbeddingEncoder(targets=[{"name": "y"}], width=8, seed=0)
-        fit(enc, data, None, trainer={"max_epochs": 3, "batch_size": 4, "seed": 5}, quiet=True)
+        fit(enc, data, None, {"max_epochs": 3, "batch_size": 4, "seed": 5}, quiet=True)
         outs.append(enc.predict(data)["y"])
     assert torch.equal(outs[0], outs[1])
 
@@ -212,4 +225,4 @@ def test_recompute_batchnorm_gives_exact_training_set_statistics() -> None:
     torch.testing.assert_close(net.bn.running_var, h.var(0))
     assert not net.training and net.bn.momentum == 0.1
     with pytest.raises(ConfigError, match="has no BatchNorm layers"):
-        fit(MeanEmbeddingEncoder(targets=[{"name": "y"}]), data, trainer={"batchnorm_stats": "recompute"}, quiet=True)
+        fit(MeanEmbeddingEncoder(targets=[{"name": "y"}]), data, None, {"batchnorm_stats": "recompute"}, quiet=True)

@@ -86,7 +86,7 @@ def test_installed_plugin_is_discovered_and_honours_the_contract():
     assert isinstance(enc, DensityEncoder)
 
 
-def test_metric_hook_and_pipeline(tmp_path):
+def test_metric_hook():
     from crystal.hooks import reset_plugin_manager
     from crystal.registries import metrics
 
@@ -95,13 +95,20 @@ def test_metric_hook_and_pipeline(tmp_path):
     assert spec.unit == "amu"
     assert spec.compute(_batch()).tolist() == pytest.approx([63.546, 28.085, (22.98977 + 35.45) / 2], rel=1e-4)
 
+
+def test_encoder_and_metric_in_a_pipeline(tmp_path):
+    # pipelines are a battery (pip install crystal-pipeline): with crystal-core alone this test skips
+    crystal_pipeline = pytest.importorskip("crystal_pipeline", reason="pipelines need crystal-pipeline")
+    from crystal.hooks import reset_plugin_manager
     from pymatgen.io.ase import AseAtomsAdaptor
+
+    reset_plugin_manager()  # pick up entry points of a freshly installed plugin
 
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for k, atoms in enumerate(bulk(s, x, a=a) for s, x, a in [("Cu", "fcc", 3.61), ("Al", "fcc", 4.05)]):
         AseAtomsAdaptor.get_structure(atoms).to(filename=str(inputs / f"s{k}.cif"))
-    result = crystal.run_pipeline(
+    result = crystal_pipeline.run_pipeline(
         {
             "source": {"type": "files", "paths": [str(inputs)]},
             "steps": [

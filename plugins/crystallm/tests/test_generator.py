@@ -120,7 +120,7 @@ def test_tiny_model_memorises_one_cif_and_the_generator_returns_it(make_perovski
 def test_tiny_model_overfits_four_cifs_through_fit_model(perovskites):
     """fit_model on four cubic perovskites; greedy decoding regenerates each canonical CIF exactly
     (~1 min on a loaded CPU)."""
-    from crystal_train.loop import FitConfig, fit_model
+    from crystal_train import FitConfig, fit_model
 
     texts = [canonical_cif(s) for s in perovskites]
     torch.manual_seed(0)

@@ -216,7 +216,7 @@ def test_loss_decreases_on_four_perovskites() -> None:
 
 
 def test_train_command_writes_a_checkpoint_the_generator_loads(tmp_path: Path) -> None:
-    from crystal_train.loop import FitConfig
+    from crystal_train import FitConfig
     from crystal_diffcsp.train import train
 
     for k, s in enumerate(perovskites()):

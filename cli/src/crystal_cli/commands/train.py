@@ -34,6 +34,19 @@ def _target_option(item: str) -> dict[str, Any]:
     return spec
 
 
+LOGGER_HELP = (
+    "fit.logger: also log to tensorboard or wandb (repeatable; metrics.csv is always written). "
+    "Needs pip install 'crystal-train[tensorboard]' / 'crystal-train[wandb]'."
+)
+
+
+def _logger_options(names: list[str] | None) -> list[str]:
+    """``--logger tensorboard --logger wandb`` -> ``fit.logger=["tensorboard", "wandb"]``."""
+    if not names:
+        return []
+    return [f"fit.logger={json.dumps([n.strip() for name in names for n in name.split(',') if n.strip()])}"]
+
+
 @app.command("train")
 def train_cmd(
     config_file: Annotated[Path | None, typer.Argument(help="Training TOML file (see docs/training.md).")] = None,
@@ -51,13 +64,14 @@ def train_cmd(
         list[str] | None, typer.Option("--config", "-c", help="Encoder config KEY=VALUE (repeatable).")
     ] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="Override SECTION.FIELD=VALUE (repeatable).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="trainer.max_epochs")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="trainer.batch_size")] = None,
-    lr: Annotated[float | None, typer.Option(help="optim.lr")] = None,
-    devices: Annotated[int | None, typer.Option(help="trainer.devices (>1 = DDP)")] = None,
-    accelerator: Annotated[str | None, typer.Option(help="trainer.accelerator: auto, cpu, gpu")] = None,
-    strategy: Annotated[str | None, typer.Option(help="trainer.strategy: auto, ddp, ddp_spawn")] = None,
-    seed: Annotated[int | None, typer.Option(help="trainer.seed")] = None,
+    epochs: Annotated[int | None, typer.Option(help="fit.max_epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="fit.batch_size")] = None,
+    lr: Annotated[float | None, typer.Option(help="fit.lr")] = None,
+    devices: Annotated[int | None, typer.Option(help="fit.devices (>1 = DDP)")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="fit.accelerator: auto, cpu, gpu")] = None,
+    strategy: Annotated[str | None, typer.Option(help="fit.strategy: auto, ddp, ddp_spawn")] = None,
+    seed: Annotated[int | None, typer.Option(help="fit.seed")] = None,
+    logger: Annotated[list[str] | None, typer.Option("--logger", help=LOGGER_HELP)] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory.")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint.")
@@ -66,22 +80,22 @@ def train_cmd(
 ) -> None:
     """Train an encoder on labelled structures (PyTorch Lightning; DDP with --devices N)."""
     from crystal_train.config import apply_train_overrides, load_train_config, parse_train_config
-    from crystal_train.engine import train
+    from crystal_train.encoders import train
 
     options: list[str] = []
     for key, value in (
-        ("trainer.max_epochs", epochs),
-        ("trainer.batch_size", batch_size),
-        ("optim.lr", lr),
-        ("trainer.devices", devices),
-        ("trainer.seed", seed),
+        ("fit.max_epochs", epochs),
+        ("fit.batch_size", batch_size),
+        ("fit.lr", lr),
+        ("fit.devices", devices),
+        ("fit.seed", seed),
     ):
         if value is not None:
             options.append(f"{key}={value}")
-    for key, text in (("trainer.accelerator", accelerator), ("trainer.strategy", strategy)):
+    for key, text in (("fit.accelerator", accelerator), ("fit.strategy", strategy)):
         if text is not None:
             options.append(f"{key}={json.dumps(text)}")
-    options += list(sets or [])
+    options += _logger_options(logger) + list(sets or [])
     extra: dict[str, Any] = {}
     if encoder:
         extra["encoder"] = encoder
@@ -132,6 +146,7 @@ def train_potential_cmd(
     model: Annotated[list[str] | None, typer.Option("--config", "-c", help="Model config KEY=VALUE.")] = None,
     sets: Annotated[list[str] | None, typer.Option("--set", help="Override SECTION.FIELD=VALUE (repeatable).")] = None,
     epochs: Annotated[int | None, typer.Option(help="fit.max_epochs")] = None,
+    logger: Annotated[list[str] | None, typer.Option("--logger", help=LOGGER_HELP)] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -139,7 +154,7 @@ def train_potential_cmd(
     from crystal_train.config import apply_train_overrides
     from crystal_train.potential import load_potential_config, parse_potential_config, train_potential
 
-    options = list(sets or []) + ([f"fit.max_epochs={epochs}"] if epochs is not None else [])
+    options = _logger_options(logger) + list(sets or []) + ([f"fit.max_epochs={epochs}"] if epochs is not None else [])
     extra: dict[str, Any] = {}
     if potential:
         extra["potential"] = potential

@@ -39,7 +39,7 @@ from torch import nn
 
 from crystal.batch import CrystalBatch
 from crystal.components import ComponentConfig, Encoder
-from crystal.errors import ConfigError, StructureError, WeightsError
+from crystal.errors import StructureError, WeightsError
 from crystal.targets import TargetSet, TargetSpec
 
 __all__ = [
@@ -92,28 +92,9 @@ def load_encoder_checkpoint(
     Returns ``(checkpoint dict, actual sha256)``; raises :class:`WeightsError` on a bad
     digest, a file that is not weights-only, or a dict that is not this format.
     """
-    from crystal.weights import sha256sum
+    from crystal.weights import read_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{who}: checkpoint {str(path)!r} does not exist")
-    actual = sha256sum(path)
-    if sha256 is not None and actual != sha256:
-        raise WeightsError(f"{who}: checkpoint {str(path)!r} has sha256 {actual}, expected {sha256}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{who}: cannot load checkpoint {str(path)!r} (weights-only): {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(
-            f"{who}: {str(path)!r} is not a crystal encoder checkpoint (no format={CHECKPOINT_FORMAT!r})"
-        )
-    if int(ckpt.get("format_version", 0)) > CHECKPOINT_VERSION:
-        raise WeightsError(
-            f"{who}: {str(path)!r} has format_version {ckpt.get('format_version')}, newer than this crystal "
-            f"({CHECKPOINT_VERSION}); upgrade crystal-core"
-        )
-    return ckpt, actual
+    return read_checkpoint(path, sha256, format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION, kind="encoder", who=who)
 
 
 class TrainableEncoder(Encoder):
@@ -160,49 +141,28 @@ class TrainableEncoder(Encoder):
 
     # ------------------------------------------------------------------ loading
     def _read_checkpoint(self) -> dict[str, Any] | None:
-        cfg = self.config
-        assert isinstance(cfg, EncoderConfig)
-        if cfg.weights is not None and cfg.checkpoint is not None:
-            raise ConfigError(f"encoder {self.name!r}: give either weights or checkpoint, not both")
-        if cfg.sha256 is not None and cfg.checkpoint is None:
-            raise ConfigError(f"encoder {self.name!r}: sha256 is given but checkpoint is not")
-        who = f"encoder {self.name!r}"
-        if cfg.weights is not None:
-            if cfg.weights not in self.weights:
-                import difflib
+        from crystal.weights import read_component_checkpoint
 
-                close = difflib.get_close_matches(cfg.weights, self.weights, n=2)
-                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-                known = ", ".join(self.weights) or "none"
-                raise ConfigError(f"{who}: unknown weights {cfg.weights!r} (known: {known}){hint}")
-            from crystal.weights import resolve_weights
-
-            path, entry = resolve_weights(cfg.weights)
-            ckpt, digest = load_encoder_checkpoint(path, entry.sha256, who=who)
-        elif cfg.checkpoint is not None:
-            ckpt, digest = load_encoder_checkpoint(Path(cfg.checkpoint), cfg.sha256, who=who)
-        else:
+        found = read_component_checkpoint(
+            self.config,
+            self.weights,
+            plugin=self.name,
+            format=CHECKPOINT_FORMAT,
+            version=CHECKPOINT_VERSION,
+            kind="encoder",
+        )
+        if found is None:
             return None
-        if ckpt.get("plugin") != self.name:
-            raise WeightsError(f"{who}: checkpoint was written by encoder {ckpt.get('plugin')!r}, not {self.name!r}")
-        self.checkpoint_sha256 = digest
+        ckpt, self.checkpoint_sha256 = found
         return ckpt
 
     def _merge_config(self, ckpt: Mapping[str, Any]) -> ComponentConfig:
         """The checkpoint's architecture + this instance's runtime fields; clashes are errors."""
-        cfg = self.config
+        from crystal.weights import merge_checkpoint_config
+
         saved = dict(ckpt.get("config") or {})
         saved["targets"] = list(ckpt.get("targets") or [])
-        user = {k: getattr(cfg, k) for k in cfg.model_fields_set if k not in RUNTIME_FIELDS}
-        fresh = self.make_config(saved)
-        clash = sorted(k for k, v in user.items() if getattr(fresh, k) != v)
-        if clash:
-            raise ConfigError(
-                f"encoder {self.name!r}: {', '.join(clash)} come from the checkpoint "
-                f"({', '.join(f'{k}={getattr(fresh, k)!r}' for k in clash)}); do not set them"
-            )
-        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if k in type(cfg).model_fields}
-        return self.make_config(fresh.model_dump(), **runtime)
+        return merge_checkpoint_config(self, saved, RUNTIME_FIELDS, kind="encoder")  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ predict
     @property

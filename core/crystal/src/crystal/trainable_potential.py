@@ -230,23 +230,16 @@ class PotentialNet(nn.Module):
 
 def load_potential_checkpoint(path: Path, sha256: str | None = None, *, who: str = "potential") -> tuple[dict, str]:
     """Verify (when ``sha256`` is given) and load a crystal potential checkpoint (weights-only)."""
-    from crystal.weights import sha256sum
+    from crystal.weights import read_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{who}: checkpoint {str(path)!r} does not exist")
-    actual = sha256sum(path)
-    if sha256 is not None and actual != sha256:
-        raise WeightsError(f"{who}: checkpoint {str(path)!r} has sha256 {actual}, expected {sha256}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{who}: cannot load checkpoint {str(path)!r} (weights-only): {exc}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != POTENTIAL_CHECKPOINT_FORMAT:
-        raise WeightsError(f"{who}: {str(path)!r} is not a crystal potential checkpoint")
-    if int(ckpt.get("format_version", 0)) > POTENTIAL_CHECKPOINT_VERSION:
-        raise WeightsError(f"{who}: {str(path)!r} has a newer format_version {ckpt.get('format_version')}")
-    return ckpt, actual
+    return read_checkpoint(
+        path,
+        sha256,
+        format=POTENTIAL_CHECKPOINT_FORMAT,
+        version=POTENTIAL_CHECKPOINT_VERSION,
+        kind="potential",
+        who=who,
+    )
 
 
 class TrainablePotential(Potential):
@@ -321,43 +314,26 @@ class TrainablePotential(Potential):
 
     # ------------------------------------------------------------------ loading
     def _read_checkpoint(self) -> dict[str, Any] | None:
-        cfg = self.config
-        assert isinstance(cfg, PotentialConfig)
-        who = f"potential {self.name!r}"
-        if cfg.weights is not None and cfg.checkpoint is not None:
-            raise ConfigError(f"{who}: give either weights or checkpoint, not both")
-        if cfg.sha256 is not None and cfg.checkpoint is None:
-            raise ConfigError(f"{who}: sha256 is given but checkpoint is not")
-        if cfg.weights is not None:
-            if cfg.weights not in type(self).weights:
-                known = ", ".join(type(self).weights) or "none"
-                raise ConfigError(f"{who}: unknown weights {cfg.weights!r} (known: {known})")
-            from crystal.weights import resolve_weights
+        from crystal.weights import read_component_checkpoint
 
-            path, entry = resolve_weights(cfg.weights)
-            ckpt, digest = load_potential_checkpoint(path, entry.sha256, who=who)
-        elif cfg.checkpoint is not None:
-            ckpt, digest = load_potential_checkpoint(Path(cfg.checkpoint), cfg.sha256, who=who)
-        else:
+        found = read_component_checkpoint(
+            self.config,
+            type(self).weights,
+            plugin=self.name,
+            format=POTENTIAL_CHECKPOINT_FORMAT,
+            version=POTENTIAL_CHECKPOINT_VERSION,
+            kind="potential",
+        )
+        if found is None:
             return None
-        if ckpt.get("plugin") != self.name:
-            raise WeightsError(f"{who}: checkpoint was written by potential {ckpt.get('plugin')!r}, not {self.name!r}")
-        self.checkpoint_sha256 = digest
+        ckpt, self.checkpoint_sha256 = found
         return ckpt
 
     def _merge_config(self, ckpt: Mapping[str, Any]) -> ComponentConfig:
-        cfg = self.config
-        saved = dict(ckpt.get("config") or {})
-        user = {k: getattr(cfg, k) for k in cfg.model_fields_set if k not in RUNTIME_FIELDS}
-        fresh = self.make_config(saved)
-        clash = sorted(k for k, v in user.items() if getattr(fresh, k) != v)
-        if clash:
-            raise ConfigError(
-                f"potential {self.name!r}: {', '.join(clash)} come from the checkpoint "
-                f"({', '.join(f'{k}={getattr(fresh, k)!r}' for k in clash)}); do not set them"
-            )
-        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS if k in type(cfg).model_fields}
-        return self.make_config(fresh.model_dump(), **runtime)
+        """The checkpoint's architecture + this instance's runtime fields; clashes are errors."""
+        from crystal.weights import merge_checkpoint_config
+
+        return merge_checkpoint_config(self, dict(ckpt.get("config") or {}), RUNTIME_FIELDS, kind="potential")  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ compute
     def check_elements(self, batch: CrystalBatch) -> None:

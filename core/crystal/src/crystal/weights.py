@@ -167,3 +167,99 @@ def save_checkpoint(payload: Any, path: str | os.PathLike[str]) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return sha256sum(target)
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    sha256: str | None = None,
+    *,
+    format: str,
+    version: int,
+    kind: str,
+    who: str,
+) -> tuple[dict[str, Any], str]:
+    """Verify (when ``sha256`` is given) and load a crystal checkpoint dict written by
+    :func:`save_checkpoint` with ``torch.load(..., weights_only=True)``.
+
+    ``format`` / ``version`` are the checkpoint's ``format`` and the newest ``format_version``
+    this crystal reads; ``kind`` names it in errors ("encoder", "potential"). Returns
+    ``(checkpoint dict, actual sha256)``; raises :class:`~crystal.errors.ConfigError` for a
+    missing file and :class:`WeightsError` for a bad digest, a file that is not weights-only,
+    another format or a newer version.
+    """
+    import torch
+
+    from crystal.errors import ConfigError
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{who}: checkpoint {str(file)!r} does not exist")
+    actual = sha256sum(file)
+    if sha256 is not None and actual != sha256:
+        raise WeightsError(f"{who}: checkpoint {str(file)!r} has sha256 {actual}, expected {sha256}")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors are deliberately not trusted
+        raise WeightsError(f"{who}: cannot load checkpoint {str(file)!r} (weights-only): {exc}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != format:
+        raise WeightsError(f"{who}: {str(file)!r} is not a crystal {kind} checkpoint (no format={format!r})")
+    if int(ckpt.get("format_version", 0)) > version:
+        raise WeightsError(
+            f"{who}: {str(file)!r} has format_version {ckpt.get('format_version')}, newer than this crystal "
+            f"({version}); upgrade crystal-core"
+        )
+    return ckpt, actual
+
+
+def read_component_checkpoint(
+    config: Any, known_weights: Any, *, plugin: str, format: str, version: int, kind: str
+) -> tuple[dict[str, Any], str] | None:
+    """The checkpoint a trainable component's config asks for: named ``weights`` (from the
+    registry, sha256-verified), a ``checkpoint`` path (verified against ``sha256`` when given),
+    or None for a fresh model. The checkpoint must have been written by ``plugin``."""
+    import difflib
+
+    from crystal.errors import ConfigError
+
+    who = f"{kind} {plugin!r}"
+    if config.weights is not None and config.checkpoint is not None:
+        raise ConfigError(f"{who}: give either weights or checkpoint, not both")
+    if config.sha256 is not None and config.checkpoint is None:
+        raise ConfigError(f"{who}: sha256 is given but checkpoint is not")
+    if config.weights is not None:
+        names = list(known_weights)
+        if config.weights not in names:
+            close = difflib.get_close_matches(config.weights, names, n=2)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"{who}: unknown weights {config.weights!r} (known: {', '.join(names) or 'none'}){hint}")
+        path, entry = resolve_weights(config.weights)
+        ckpt, digest = read_checkpoint(path, entry.sha256, format=format, version=version, kind=kind, who=who)
+    elif config.checkpoint is not None:
+        ckpt, digest = read_checkpoint(
+            Path(config.checkpoint), config.sha256, format=format, version=version, kind=kind, who=who
+        )
+    else:
+        return None
+    if ckpt.get("plugin") != plugin:
+        raise WeightsError(f"{who}: checkpoint was written by {kind} {ckpt.get('plugin')!r}, not {plugin!r}")
+    return ckpt, digest
+
+
+def merge_checkpoint_config(component: Any, saved: dict[str, Any], runtime_fields: Any, *, kind: str) -> Any:
+    """The checkpoint's architecture ``saved`` plus ``component.config``'s runtime fields.
+
+    A non-runtime field the user set that differs from the checkpoint's is a
+    :class:`~crystal.errors.ConfigError` naming it (the architecture comes from the checkpoint)."""
+    from crystal.errors import ConfigError
+
+    cfg = component.config
+    user = {k: getattr(cfg, k) for k in cfg.model_fields_set if k not in runtime_fields}
+    fresh = component.make_config(saved)
+    clash = sorted(k for k, v in user.items() if getattr(fresh, k) != v)
+    if clash:
+        raise ConfigError(
+            f"{kind} {component.name!r}: {', '.join(clash)} come from the checkpoint "
+            f"({', '.join(f'{k}={getattr(fresh, k)!r}' for k in clash)}); do not set them"
+        )
+    runtime = {k: getattr(cfg, k) for k in runtime_fields if k in type(cfg).model_fields}
+    return component.make_config(fresh.model_dump(), **runtime)

@@ -3,27 +3,25 @@
 >>> from crystal_train import train
 >>> result = train({"encoder": "cgcnn", "targets": [{"name": "heat_ref", "unit": "eV"}],
 ...                 "data": {"train": ["perov_5/val.csv"], "test": ["perov_5/test.csv"]},
-...                 "trainer": {"max_epochs": 50}, "output": "runs/cgcnn"})  # doctest: +SKIP
+...                 "fit": {"max_epochs": 50}, "output": "runs/cgcnn"})  # doctest: +SKIP
 >>> result.metrics["test"]["heat_ref_mae"]  # doctest: +SKIP
 
-Lower level: :func:`fit` trains any :class:`~crystal.trainable.TrainableEncoder` on
-labelled :class:`~crystal.batch.CrystalBatch` objects; :func:`read_labelled` reads data
-sets; :func:`evaluate` predicts and scores. Lightning is imported on first use.
+One engine trains everything: :func:`fit_model` minimises any module's
+``training_loss(batch)`` with the options of :class:`FitConfig` (encoders, potentials,
+DiffCSP, CrystaLLM and the XRD classifier all use it); :mod:`crystal_train.writers`
+writes every run's artefacts. :func:`fit` trains any
+:class:`~crystal.trainable.TrainableEncoder` on labelled :class:`~crystal.batch.CrystalBatch`
+objects; :func:`read_labelled` reads data sets; :func:`evaluate` predicts and scores.
+Lightning is imported on first use.
 """
 
 from __future__ import annotations
 
-from crystal_train.config import (
-    DataConfig,
-    OptimConfig,
-    TrainConfig,
-    TrainerConfig,
-    load_train_config,
-    parse_train_config,
-)
+from crystal_train.config import DataConfig, TrainConfig, load_train_config, parse_train_config
 from crystal_train.data import LabelledData, read_labelled, split_indices
-from crystal_train.engine import EncoderTask, TrainResult, evaluate, fit, train
-from crystal_train.loop import FitConfig, FitResult, TensorData, fit_model
+from crystal_train.encoders import EncoderLoss, TrainResult, evaluate, fit, train
+from crystal_train.engine import FitResult, TensorData, fit_model
+from crystal_train.options import FitConfig
 from crystal_train.potential import (
     LossWeights,
     PotentialDataConfig,
@@ -35,19 +33,17 @@ from crystal_train.potential import (
 
 __all__ = [
     "DataConfig",
-    "EncoderTask",
+    "EncoderLoss",
     "FitConfig",
     "FitResult",
     "LabelledData",
     "LossWeights",
-    "OptimConfig",
     "PotentialDataConfig",
     "PotentialTrainConfig",
     "PotentialTrainResult",
     "TensorData",
     "TrainConfig",
     "TrainResult",
-    "TrainerConfig",
     "evaluate",
     "fit",
     "fit_model",

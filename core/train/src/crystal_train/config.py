@@ -15,15 +15,16 @@
     test = ["../shared/data/perov_5/test.csv"]
     val_fraction = 0.1
 
-    [optim]
+    [fit]                       # crystal_train.options.FitConfig (the same for every trainer)
     optimizer = "adamw"
     lr = 1e-3
     scheduler = "onecycle"
-
-    [trainer]
     max_epochs = 100
     batch_size = 64
     patience = 20
+
+The tables ``[optim]`` and ``[trainer]`` of older run files are still read: their fields
+are moved into ``[fit]`` (:func:`crystal_train.options.merge_legacy_sections`).
 
 Unknown fields are errors naming the file and the field; ``--set section.field=value``
 overrides any field (values parsed as TOML).
@@ -43,8 +44,9 @@ from crystal.config import StrictModel
 from crystal.errors import ConfigError
 from crystal.specs import parse_value
 from crystal.targets import TargetSpec
+from crystal_train.options import LEGACY_SECTIONS, FitConfig, fit_defaults, merge_legacy_sections
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "TrainerConfig", "load_train_config", "parse_train_config"]
+__all__ = ["ENCODER_FIT_DEFAULTS", "DataConfig", "TrainConfig", "load_train_config", "parse_train_config"]
 
 
 class DataConfig(StrictModel):
@@ -89,59 +91,8 @@ class DataConfig(StrictModel):
         return self
 
 
-class OptimConfig(StrictModel):
-    """Optimiser, learning-rate schedule and loss-side options."""
-
-    optimizer: Literal["adam", "adamw", "sgd"] = Field("adamw", description="torch.optim optimiser")
-    lr: float = Field(1e-3, gt=0, description="(peak) learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="weight decay (decoupled for adamw)")
-    momentum: float | None = Field(None, ge=0, lt=1, description="SGD momentum (sgd only; default 0.9)")
-    scheduler: Literal["none", "onecycle", "cosine", "plateau", "multistep"] = Field(
-        "onecycle", description="learning-rate schedule over the run (plateau: on val_loss)"
-    )
-    milestones: list[int] | None = Field(None, description="multistep: epochs at which lr is multiplied by gamma")
-    gamma: float | None = Field(None, gt=0, le=1, description="multistep / plateau: lr factor (default 0.1 / 0.5)")
-    plateau_patience: int | None = Field(None, ge=1, description="plateau: epochs without improvement (default 10)")
-    gradient_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> OptimConfig:
-        if self.momentum is not None and self.optimizer != "sgd":
-            raise ValueError(f"momentum is only used by the sgd optimiser, not {self.optimizer!r}")
-        if self.milestones is not None and self.scheduler != "multistep":
-            raise ValueError("milestones are only used by the multistep scheduler")
-        if self.scheduler == "multistep" and not self.milestones:
-            raise ValueError("the multistep scheduler needs milestones")
-        if self.gamma is not None and self.scheduler not in ("multistep", "plateau"):
-            raise ValueError("gamma is only used by the multistep and plateau schedulers")
-        if self.plateau_patience is not None and self.scheduler != "plateau":
-            raise ValueError("plateau_patience is only used by the plateau scheduler")
-        return self
-
-
-class TrainerConfig(StrictModel):
-    """How long, on what, and how the run is checkpointed (PyTorch Lightning ``Trainer``)."""
-
-    max_epochs: int = Field(100, ge=1, description="maximum number of epochs")
-    batch_size: int = Field(64, ge=1, description="structures per batch (per process under DDP)")
-    patience: int | None = Field(None, ge=1, description="early stopping: epochs without val_loss improvement")
-    seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and dropout")
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
-    devices: int | Literal["auto"] = Field(1, description="devices (processes) per node; >1 trains with DDP")
-    num_nodes: int = Field(1, ge=1, description="nodes for multi-node DDP")
-    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = Field(
-        "auto", description="Lightning strategy (auto = ddp when devices > 1)"
-    )
-    precision: Literal["32", "64", "bf16-mixed", "16-mixed"] = Field("32", description="numeric precision")
-    deterministic: bool = Field(False, description="use deterministic algorithms (slower)")
-    progress: bool = Field(True, description="show a progress bar (only on a terminal)")
-    check_val_every_n_epoch: int = Field(1, ge=1, description="validate every n epochs")
-    batchnorm_stats: Literal["running", "recompute"] = Field(
-        "running",
-        description="BatchNorm statistics used for validation and the saved model: 'running' (PyTorch's moving "
-        "average during training) or 'recompute' (exact averages over the training set with the current weights "
-        "before every validation, 'precise BN' of Wu & Johnson 2021); needs a model with BatchNorm layers",
-    )
+#: an encoder run's defaults that differ from :class:`FitConfig`'s
+ENCODER_FIT_DEFAULTS: dict[str, Any] = {"batch_size": 64, "scheduler": "onecycle"}
 
 
 class TrainConfig(StrictModel):
@@ -154,15 +105,25 @@ class TrainConfig(StrictModel):
     )
     targets: list[TargetSpec] = Field(min_length=1, description="properties to learn")
     data: DataConfig
-    optim: OptimConfig = Field(default_factory=OptimConfig)  # type: ignore[arg-type]
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)  # type: ignore[arg-type]
+    fit: FitConfig = Field(
+        default_factory=lambda: FitConfig(**ENCODER_FIT_DEFAULTS),
+        description="optimiser, schedule, stopping, hardware, loggers (crystal_train.options.FitConfig)",
+    )
     output: str = Field("runs/train", min_length=1, description="run directory (created; reused by --resume)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fit_section(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = merge_legacy_sections(data)
+            data = dict(data, fit=fit_defaults(data.get("fit"), ENCODER_FIT_DEFAULTS))
+        return data
 
     @model_validator(mode="after")
     def _model_fields(self) -> TrainConfig:
         bad = sorted({"targets", "weights", "checkpoint", "sha256", "seed"} & set(self.model))
         if bad:
-            raise ValueError(f"model.{bad[0]} is set by the run ([[targets]], init, trainer.seed), not in [model]")
+            raise ValueError(f"model.{bad[0]} is set by the run ([[targets]], init, fit.seed), not in [model]")
         return self
 
 
@@ -182,7 +143,10 @@ def parse_train_config(data: dict[str, Any], origin: str = "<train>") -> TrainCo
 
 
 def apply_train_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``--set trainer.max_epochs=5``, ``--set model.n_conv=4``, ``--set encoder=schnet``."""
+    """``--set fit.max_epochs=5``, ``--set model.n_conv=4``, ``--set encoder=schnet``.
+
+    Keys of the former ``optim`` / ``trainer`` tables (``--set trainer.max_epochs=5``) set
+    the same field of ``fit``."""
     import copy
 
     data = copy.deepcopy(data)
@@ -191,6 +155,8 @@ def apply_train_overrides(data: dict[str, Any], overrides: list[str]) -> dict[st
         if not m:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. trainer.max_epochs=5")
         *path, last = m.group(1).split(".")
+        if path and path[0] in LEGACY_SECTIONS:
+            path[0] = "fit"
         node = data
         for p in path:
             node = node.setdefault(p, {})
@@ -212,7 +178,7 @@ def read_run_toml(path: str | Path, overrides: list[str] | None = None) -> dict[
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: malformed TOML: {exc}") from None
-    data = apply_train_overrides(data, overrides or [])
+    data = apply_train_overrides(merge_legacy_sections(data), overrides or [])
     base = p.resolve().parent
     section = data.get("data")
     if isinstance(section, dict):

@@ -11,21 +11,21 @@ Steps: read labelled structures (extended XYZ with energies and forces, or any f
 reference energies by least squares on the training split (unless fine-tuning keeps the
 pretrained ones), let the plugin compute its data statistics
 (:meth:`~crystal.trainable_potential.TrainablePotential.statistics`), then minimise the
-weighted loss ``w_E·MSE(E/N) + w_F·MSE(F) + w_S·MSE(σ)`` with :func:`~crystal_train.loop.fit_model`
+weighted loss ``w_E·MSE(E/N) + w_F·MSE(F) + w_S·MSE(σ)`` with :func:`~crystal_train.engine.fit_model`
 (EMA of weights, early stopping, DDP-ready through Lightning) and evaluate.
 
 Fine-tuning: ``init`` names shipped weights or a checkpoint; the architecture comes from it
 and the data's elements must be among its elements. ``e0s = "refit"`` refits the reference
 energies on the new data (new DFT settings), ``"keep"`` keeps the pretrained ones.
 
-Run directory (``output``): ``model.pt`` (crystal-potential checkpoint), ``metrics.csv``,
-``summary.json``, ``model-card.md``, ``predictions.csv`` (per-structure energies),
-``failures.csv``, ``train-config.json``.
+Run directory (``output``): ``model.pt`` (crystal-potential checkpoint), the engine's
+``metrics.csv``, ``best.pt``, ``checkpoints/``, and the run writers' ``summary.json``,
+``model-card.md``, ``predictions.csv`` (per-structure energies), ``parity.png`` (energy per
+atom and force components), ``failures.csv``; ``train-config.json``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -43,7 +43,9 @@ from crystal.io import Failure, atomic_write
 from crystal.targets import TargetSpec
 from crystal.trainable_potential import TrainablePotential, fit_reference_energies
 from crystal_train.data import read_labelled, split_indices
-from crystal_train.loop import FitConfig, fit_model
+from crystal_train.engine import fit_model
+from crystal_train.options import FitConfig, check_loggers, fit_defaults
+from crystal_train.writers import ParityPanel, RunReport, machine_name, write_failures, write_run
 
 __all__ = [
     "LossWeights",
@@ -112,7 +114,7 @@ class PotentialTrainConfig(StrictModel):
     @classmethod
     def _fit_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("fit"), dict):
-            data = dict(data, fit={**_POTENTIAL_FIT_DEFAULTS, **data["fit"]})
+            data = dict(data, fit=fit_defaults(data["fit"], _POTENTIAL_FIT_DEFAULTS))
         return data
 
     @model_validator(mode="after")
@@ -180,8 +182,11 @@ def _specs(cfg: PotentialTrainConfig) -> tuple[list[TargetSpec], dict[str, str]]
     return specs, columns
 
 
-def evaluate_potential(potential: TrainablePotential, data: CrystalBatch) -> tuple[dict[str, float], torch.Tensor]:
-    """Energy (meV/atom) and force (eV/Å) errors of ``potential`` on labelled ``data``; and (B,) predicted energies."""
+def evaluate_potential(
+    potential: TrainablePotential, data: CrystalBatch, *, full: bool = False
+) -> tuple[dict[str, float], Any]:
+    """Energy (meV/atom) and force (eV/Å) errors of ``potential`` on labelled ``data``, and its
+    (B,) predicted energies (``full=True``: the whole :class:`~crystal.components.PotentialOutput`)."""
     want_f = "forces" in data.atom_properties
     want_s = "stress" in data.crystal_properties
     out = potential.compute(data, forces=want_f, stress=want_s)
@@ -199,7 +204,7 @@ def evaluate_potential(potential: TrainablePotential, data: CrystalBatch) -> tup
         assert out.stress is not None
         voigt = out.stress[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
         m["stress_mae"] = float((voigt - data.crystal_properties["stress"]).abs().mean())
-    return m, out.energy
+    return m, (out if full else out.energy)
 
 
 def _potential_class(name: str) -> type[TrainablePotential]:
@@ -213,24 +218,29 @@ def _potential_class(name: str) -> type[TrainablePotential]:
     return cls
 
 
-def train_potential(
-    config: PotentialTrainConfig | dict[str, Any],
-    *,
-    potential_class: type[TrainablePotential] | None = None,
-    quiet: bool = False,
-) -> PotentialTrainResult:
-    """Read, split, fit E0s and statistics, train, evaluate and write the run directory."""
-    from crystal import __version__
+@dataclass
+class _PotentialSplits:
+    train: CrystalBatch
+    val: CrystalBatch
+    test: CrystalBatch
+    failures: list[Failure]
 
-    cfg = config if isinstance(config, PotentialTrainConfig) else parse_potential_config(dict(config))
+    def items(self) -> list[tuple[str, CrystalBatch]]:
+        return [(name, b) for name, b in (("train", self.train), ("val", self.val), ("test", self.test)) if len(b)]
+
+
+def _prepare_run(cfg: PotentialTrainConfig) -> Path:
     out = Path(cfg.output)
+    check_loggers(cfg.fit, out)
     if (out / "model.pt").exists():
         raise ConfigError(f"output {str(out)!r} already holds a trained potential; choose another output")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "train-config.json") as fh:
         json.dump(cfg.model_dump(mode="json"), fh, indent=2)
-    cls = potential_class or _potential_class(cfg.potential)
-    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    return out
+
+
+def _read_splits(cfg: PotentialTrainConfig, out: Path) -> _PotentialSplits:
     specs, columns = _specs(cfg)
 
     def load(paths: list[str] | None) -> Any:
@@ -250,149 +260,202 @@ def train_potential(
     else:
         train_b, val_b = full, val_data.batch
     test_b = test_data.batch if test_data is not None else CrystalBatch.empty()
+    return _PotentialSplits(train_b, val_b, test_b, failures)
 
-    # ---- model: fresh (elements, E0s and statistics from the training split) or fine-tuned
+
+def _new_potential(
+    cls: type[TrainablePotential], cfg: PotentialTrainConfig, splits: _PotentialSplits, device: str
+) -> TrainablePotential:
+    """Elements from the data, E0s by least squares and the plugin's statistics from the training split."""
     from crystal.elements import symbol
+    from crystal.neighbors import radius_graph
 
-    present = sorted({int(z) for b in (train_b, val_b, test_b) for z in torch.unique(b.atomic_numbers).tolist()})
-    if cfg.init is None:
-        elements = tuple(symbol(z) for z in present)
-        e0s = fit_reference_energies(train_b, train_b.crystal_properties["energy"], elements)
-        base = cls.make_config(dict(cfg.model, elements=elements, e0s=e0s, seed=cfg.fit.seed))
-        from crystal.neighbors import radius_graph
+    train_b = splits.train
+    present = sorted({int(z) for _, b in splits.items() for z in torch.unique(b.atomic_numbers).tolist()})
+    elements = tuple(symbol(z) for z in present)
+    e0s = fit_reference_energies(train_b, train_b.crystal_properties["energy"], elements)
+    base = cls.make_config(dict(cfg.model, elements=elements, e0s=e0s, seed=cfg.fit.seed))
+    per_atom = torch.tensor([e0s[symbol(int(z))] for z in train_b.atomic_numbers], dtype=torch.float64)
+    offsets = torch.zeros(len(train_b), dtype=torch.float64).index_add(0, train_b.batch, per_atom)
+    graph = radius_graph(train_b, float(base.cutoff))  # type: ignore[attr-defined]
+    stats = cls.statistics(base, train_b, offsets, graph)
+    return cls(cls.make_config(base.model_dump(), **stats), device=device)
 
-        offsets = torch.zeros(len(train_b), dtype=torch.float64).index_add(
-            0, train_b.batch, torch.tensor([e0s[symbol(int(z))] for z in train_b.atomic_numbers], dtype=torch.float64)
-        )
-        graph = radius_graph(train_b, float(base.cutoff))  # type: ignore[attr-defined]
-        stats = cls.statistics(base, train_b, offsets, graph)
-        potential = cls(cls.make_config(base.model_dump(), **stats), device=device)
-    else:
-        source = {"checkpoint": cfg.init} if (Path(cfg.init).suffix or os.sep in cfg.init) else {"weights": cfg.init}
-        potential = cls(dict(cfg.model, **source), device=device)
-        for name, batch in (("train", train_b), ("val", val_b), ("test", test_b)):
-            try:
-                potential.check_elements(batch)
-            except StructureError as exc:
-                raise ConfigError(f"fine-tuning from {cfg.init!r}: the {name} data: {exc}") from None
-        if cfg.e0s == "fit":
-            elements = potential.config.elements  # type: ignore[attr-defined]
-            e0s = fit_reference_energies(train_b, train_b.crystal_properties["energy"], elements)
-            # the model's interaction energies stay; only the per-element references change
-            with torch.no_grad():
-                potential.net.e0.copy_(torch.tensor([e0s[el] for el in elements], dtype=torch.float64))
-            potential.config = potential.make_config(potential.config.model_dump(), e0s=e0s)
-    if not quiet:
-        print(
-            f"data: train {len(train_b)}, val {len(val_b)}, test {len(test_b)}; skipped {len(failures)}; "
-            f"elements {', '.join(potential.config.elements)}",  # type: ignore[attr-defined]
-            file=sys.stderr,
-        )
-    with atomic_write(out / "failures.csv", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "step", "reason", "source"])
-        for f in failures:
-            w.writerow([f.id, f.step, f.reason, f.source])
 
-    net = potential.net
-    net.energy_weight, net.forces_weight, net.stress_weight = cfg.loss.energy, cfg.loss.forces, cfg.loss.stress
-    net.train()
-    result = fit_model(
-        net,
-        train_b.to(dtype=torch.float64),
-        val_b.to(dtype=torch.float64) if len(val_b) else None,
-        cfg.fit.model_copy(update={"accelerator": "cuda" if device == "cuda" else "cpu"}),
-        run_dir=out,
-        quiet=quiet,
-    )
-    net.to(potential.device).eval()
-    potential.trained = True
+def _fine_tuned_potential(
+    cls: type[TrainablePotential], cfg: PotentialTrainConfig, splits: _PotentialSplits, device: str
+) -> TrainablePotential:
+    """``init``'s architecture and weights; its elements must cover the data; E0s refit unless kept."""
+    assert cfg.init is not None
+    source = {"checkpoint": cfg.init} if (Path(cfg.init).suffix or os.sep in cfg.init) else {"weights": cfg.init}
+    potential = cls(dict(cfg.model, **source), device=device)
+    for name, batch in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        try:
+            potential.check_elements(batch)
+        except StructureError as exc:
+            raise ConfigError(f"fine-tuning from {cfg.init!r}: the {name} data: {exc}") from None
+    if cfg.e0s == "fit":
+        elements = potential.config.elements  # type: ignore[attr-defined]
+        e0s = fit_reference_energies(splits.train, splits.train.crystal_properties["energy"], elements)
+        # the model's interaction energies stay; only the per-element references change
+        with torch.no_grad():
+            potential.net.e0.copy_(torch.tensor([e0s[el] for el in elements], dtype=torch.float64))
+        potential.config = potential.make_config(potential.config.model_dump(), e0s=e0s)
+    return potential
 
+
+def _evaluate(
+    potential: TrainablePotential, splits: _PotentialSplits
+) -> tuple[dict[str, dict[str, float]], dict[str, tuple[CrystalBatch, Any]]]:
     metrics: dict[str, dict[str, float]] = {}
-    predicted: dict[str, tuple[CrystalBatch, torch.Tensor]] = {}
-    for split, data in (("train", train_b), ("val", val_b), ("test", test_b)):
-        if len(data):
-            metrics[split], energies = evaluate_potential(potential, data)
-            predicted[split] = (data, energies)
-    with atomic_write(out / "predictions.csv", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["split", "id", "num_atoms", "energy_true", "energy_pred"])
-        for split, (data, energies) in predicted.items():
-            for i, ident in enumerate(data.ids):
-                w.writerow(
-                    [
-                        split,
-                        ident,
-                        int(data.num_atoms[i]),
-                        float(data.crystal_properties["energy"][i]),
-                        float(energies[i]),
-                    ]
-                )
+    predicted: dict[str, tuple[CrystalBatch, Any]] = {}
+    for split, data in splits.items():
+        metrics[split], out = evaluate_potential(potential, data, full=True)
+        predicted[split] = (data, out)
+    return metrics, predicted
+
+
+def _predictions(
+    predicted: dict[str, tuple[CrystalBatch, Any]], metrics: dict[str, dict[str, float]]
+) -> tuple[list[str], list[list[Any]], list[ParityPanel]]:
+    header = ["split", "id", "num_atoms", "energy_true", "energy_pred"]
+    rows = [
+        [split, ident, int(data.num_atoms[i]), float(data.crystal_properties["energy"][i]), float(out.energy[i])]
+        for split, (data, out) in predicted.items()
+        for i, ident in enumerate(data.ids)
+    ]
+    split = "test" if "test" in predicted else ("val" if "val" in predicted else "train")
+    data, out = predicted[split]
+    n = data.num_atoms.to(torch.float64)
+    m = metrics[split]
+    panels = [
+        ParityPanel(
+            "energy per atom",
+            (data.crystal_properties["energy"] / n).tolist(),
+            (out.energy / n).tolist(),
+            "eV/atom",
+            title=f"energy, {split} (n={len(data)}): MAE {m['energy_mae_mev_per_atom']:.4g} meV/atom",
+        )
+    ]
+    if out.forces is not None and "forces" in data.atom_properties:
+        panels.append(
+            ParityPanel(
+                "force component",
+                data.atom_properties["forces"].reshape(-1).tolist(),
+                out.forces.reshape(-1).tolist(),
+                "eV/Å",
+                title=f"forces, {split} ({data.num_nodes} atoms): MAE {m['forces_mae']:.4g} eV/Å",
+            )
+        )
+    return header, rows, panels
+
+
+def _write_potential_run(
+    cfg: PotentialTrainConfig,
+    potential: TrainablePotential,
+    splits: _PotentialSplits,
+    result: Any,
+    evaluated: Any,
+    device: str,
+) -> str:
+    from crystal import __version__
+
+    out = Path(cfg.output)
+    metrics, predicted = evaluated
     summary: dict[str, Any] = {
         "potential": potential.name,
         "potential_version": potential.version,
         "crystal_version": __version__,
         "init": cfg.init,
         "data": cfg.data.model_dump(mode="json"),
-        "sizes": {"train": len(train_b), "val": len(val_b), "test": len(test_b)},
-        "skipped": len(failures),
+        "sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "skipped": len(splits.failures),
         "elements": list(potential.config.elements),  # type: ignore[attr-defined]
         "e0s": potential.config.e0s,  # type: ignore[attr-defined]
         "loss": cfg.loss.model_dump(),
         "fit": cfg.fit.model_dump(mode="json"),
-        "epochs": len(result.history),
+        "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "train_time_s": round(result.seconds, 2),
         "time_per_epoch_s": round(result.seconds / max(len(result.history), 1), 3),
-        "device": _device_name(device),
-        "parameters": sum(p.numel() for p in net.model.parameters()),
+        "device": machine_name(device),
+        "parameters": sum(p.numel() for p in potential.net.model.parameters()),
         "metrics": metrics,
     }
     potential.metadata = dict(summary)
     sha = potential.save(out / "model.pt", metadata=summary)
     summary["sha256"] = sha
-    with atomic_write(out / "summary.json") as fh:
-        json.dump(summary, fh, indent=2)
-    with atomic_write(out / "model-card.md") as fh:
-        fh.write(_model_card(cfg, potential, summary))
+    header, rows, panels = _predictions(predicted, metrics)
+    report = RunReport(
+        f"{potential.name} potential model card",
+        _card_facts(cfg, summary),
+        metrics,
+        summary,
+        potential.checkpoint()["config"],
+        header,
+        rows,
+        panels,
+        splits.failures,
+    )
+    write_run(out, report)
+    return sha
+
+
+def train_potential(
+    config: PotentialTrainConfig | dict[str, Any],
+    *,
+    potential_class: type[TrainablePotential] | None = None,
+    quiet: bool = False,
+) -> PotentialTrainResult:
+    """Read, split, build (E0s, statistics) or fine-tune, fit, evaluate and write the run directory."""
+    cfg = config if isinstance(config, PotentialTrainConfig) else parse_potential_config(dict(config))
+    out = _prepare_run(cfg)
+    cls = potential_class or _potential_class(cfg.potential)
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    splits = _read_splits(cfg, out)
+    build = _new_potential if cfg.init is None else _fine_tuned_potential
+    potential = build(cls, cfg, splits, device)
+    if not quiet:
+        print(
+            f"data: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}; "
+            f"skipped {len(splits.failures)}; elements {', '.join(potential.config.elements)}",  # type: ignore[attr-defined]
+            file=sys.stderr,
+        )
+    write_failures(out / "failures.csv", splits.failures)
+    net = potential.net
+    net.energy_weight, net.forces_weight, net.stress_weight = cfg.loss.energy, cfg.loss.forces, cfg.loss.stress
+    result = fit_model(
+        net,
+        splits.train.to(dtype=torch.float64),
+        splits.val.to(dtype=torch.float64) if len(splits.val) else None,
+        cfg.fit.model_copy(update={"accelerator": "cuda" if device == "cuda" else "cpu"}),
+        run_dir=out,
+        quiet=quiet,
+        run_name=potential.name,
+    )
+    net.to(potential.device).eval()
+    potential.trained = True
+    evaluated = _evaluate(potential, splits)
+    sha = _write_potential_run(cfg, potential, splits, result, evaluated, device)
     return PotentialTrainResult(
-        potential, out, metrics, out / "model.pt", sha, len(result.history), result.seconds, failures
+        potential, out, evaluated[0], out / "model.pt", sha, result.epochs, result.seconds, splits.failures
     )
 
 
-def _device_name(device: str) -> str:
-    import platform
-
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return (
-        f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    )
-
-
-def _model_card(cfg: PotentialTrainConfig, potential: TrainablePotential, summary: dict[str, Any]) -> str:
-    lines = [
-        f"# {potential.name} potential model card",
-        "",
-        f"- potential: `{potential.name}` {potential.version} (crystal-core {summary['crystal_version']})",
-        f"- elements: {', '.join(summary['elements'])}; reference energies (eV/atom): "
+def _card_facts(cfg: PotentialTrainConfig, summary: dict[str, Any]) -> list[str]:
+    f = cfg.fit
+    return [
+        f"potential: `{summary['potential']}` {summary['potential_version']} (crystal-core {summary['crystal_version']})",
+        f"elements: {', '.join(summary['elements'])}; reference energies (eV/atom): "
         + ", ".join(f"{k} {v:.6f}" for k, v in (summary["e0s"] or {}).items()),
-        f"- training data: {', '.join(cfg.data.train)}" + (f"; fine-tuned from `{cfg.init}`" if cfg.init else ""),
-        f"- sizes: train {summary['sizes']['train']}, val {summary['sizes']['val']}, test {summary['sizes']['test']};"
+        f"training data: {', '.join(cfg.data.train)}" + (f"; fine-tuned from `{cfg.init}`" if cfg.init else ""),
+        f"sizes: train {summary['sizes']['train']}, val {summary['sizes']['val']}, test {summary['sizes']['test']};"
         f" skipped {summary['skipped']}",
-        f"- loss weights: energy {cfg.loss.energy:g}, forces {cfg.loss.forces:g}, stress {cfg.loss.stress:g}",
-        f"- optimiser: {cfg.fit.optimizer} lr {cfg.fit.lr:g} (amsgrad {cfg.fit.amsgrad}), scheduler "
-        f"{cfg.fit.scheduler}, EMA {cfg.fit.ema_decay}, batch {cfg.fit.batch_size}, seed {cfg.fit.seed}",
-        f"- epochs run {summary['epochs']}, best epoch {summary['best_epoch']}; training time "
+        f"loss weights: energy {cfg.loss.energy:g}, forces {cfg.loss.forces:g}, stress {cfg.loss.stress:g}",
+        f"optimiser: {f.optimizer} lr {f.lr:g} (amsgrad {f.amsgrad}), scheduler {f.scheduler}, EMA {f.ema_decay}, "
+        f"batch {f.batch_size}, seed {f.seed}",
+        f"epochs run {summary['epochs']}, best epoch {summary['best_epoch']}; training time "
         f"{summary['train_time_s']:.0f} s on {summary['device']}",
-        f"- parameters: {summary['parameters']}",
-        f"- file: `model.pt`, sha256 `{summary['sha256']}`",
-        "",
-        "| split | metric | value |",
-        "|---|---|---|",
+        f"parameters: {summary['parameters']}",
+        f"file: `model.pt`, sha256 `{summary['sha256']}`",
     ]
-    for split, metrics in summary["metrics"].items():
-        for k, v in metrics.items():
-            lines.append(f"| {split} | {k} | {v:.6g} |")
-    lines += ["", "Architecture:", "", "```json", json.dumps(potential.checkpoint()["config"], indent=2), "```", ""]
-    return "\n".join(lines)

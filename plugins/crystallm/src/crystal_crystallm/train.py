@@ -1,9 +1,13 @@
-"""Train a CrystaLLM model on a CDVAE-style CSV (column ``cif``) with :func:`crystal_train.loop.fit_model`.
+"""Train a CrystaLLM model on a CDVAE-style CSV (column ``cif``) with crystal's training engine
+(:func:`crystal_train.engine.fit_model`).
 
 Data: every CIF is canonicalised (:func:`crystal_crystallm.canonical.canonical_cif`) and
 tokenised; each becomes one row of a right-padded ``(N, L)`` id tensor starting at ``data_``
 (rows longer than the context are dropped and counted). A seeded fraction is held out for
-model selection (the epoch with the lowest validation loss is kept).
+model selection (the epoch with the lowest validation loss is kept). The run folder (``--run-dir``,
+default ``<out>-run``) gets what every crystal trainer writes (:mod:`crystal_train.writers`):
+``metrics.csv``, ``model-card.md``, ``summary.json``, ``predictions.csv`` (teacher-forced loss and
+accuracy of each held-out CIF) and ``failures.csv`` (the dropped rows, by reason).
 
 Command line (the shipped ``crystallm-perov5`` weights, two stages; see their model card)::
 
@@ -130,7 +134,7 @@ def train(
 
     ``init``: continue from a checkpoint's weights (its architecture replaces ``gpt``).
     """
-    from crystal_train.loop import FitConfig, fit_model
+    from crystal_train import FitConfig, fit_model
 
     prior: dict[str, Any] = {}
     if init is not None:
@@ -167,7 +171,8 @@ def train(
         accelerator="cpu",
         monitor="val_loss" if val_ids is not None else "train_loss",
     )
-    result = fit_model(net, train_ids, val_ids, fit, run_dir=Path(run_dir) if run_dir else None)
+    run = Path(run_dir) if run_dir else Path(out).with_name(Path(out).stem + "-run")
+    result = fit_model(net, train_ids, val_ids, fit, run_dir=run, run_name="crystallm")
     trained: CrystaLLMNet = result.net  # type: ignore[assignment]
     facts: dict[str, Any] = {
         "data": str(data),
@@ -204,45 +209,69 @@ def train(
         facts["test"] = {"data": str(test), "size": int(test_tokens.ids.shape[0]), "skipped": test_tokens.skipped}
     facts["sha256"] = save_checkpoint(trained, out, meta={k: v for k, v in facts.items() if k != "history"})
     facts["file"] = str(out)
+    _write_run(
+        run, trained, facts, val_ids if val_ids is not None else train_ids, "val" if val_ids is not None else "train"
+    )
     return facts
 
 
-def model_card(name: str, facts: dict[str, Any]) -> str:
-    """Markdown model card for weights ``name`` from :func:`train`'s facts."""
+def _write_run(run: Path, net: CrystaLLMNet, facts: dict[str, Any], ids: torch.Tensor, split: str) -> None:
+    """The run writers' artefacts; predictions.csv: teacher-forced loss of each held-out CIF."""
+    from crystal.io import Failure
+    from crystal_train.engine import item_losses
+    from crystal_train.writers import RunReport, write_run
+
+    losses = item_losses(net, ids)
+    header = ["split", "row", *(losses[0] if losses else [])]
+    rows = [[split, i, *row.values()] for i, row in enumerate(losses)]
+    failures = [
+        Failure(f"{n} row(s)", "read", reason, str(facts["data"])) for reason, n in facts["skipped"].items() if n
+    ]
+    name = Path(facts["file"]).stem
+    summary = {k: v for k, v in facts.items() if k != "history"}
+    title, lines, sections = _card_parts(name, facts)
+    write_run(
+        run,
+        RunReport(title, lines, facts["metrics"], summary, facts["architecture"], header, rows, [], failures, sections),
+    )
+
+
+def _card_parts(name: str, facts: dict[str, Any]) -> tuple[str, list[str], list[str]]:
     lines = [
-        f"# `{name}` model card",
-        "",
-        "- generator: `crystallm` 0.1.0 (CrystaLLM, Antunes, Butler & Grau-Crespo, Nat. Commun. 15, 10570 (2024))",
-        f"- training data: {facts['data']} (canonicalised: CifWriter symprec 0.1, 4 decimals, atom-properties block)",
-        f"- split: {facts['split']}; test: {facts.get('test', {}).get('data', 'none')}",
-        f"- sizes: train {facts['sizes']['train']}, val {facts['sizes']['val']}"
+        "generator: `crystallm` 0.1.0 (CrystaLLM, Antunes, Butler & Grau-Crespo, Nat. Commun. 15, 10570 (2024))",
+        f"training data: {facts['data']} (canonicalised: CifWriter symprec 0.1, 4 decimals, atom-properties block)",
+        f"split: {facts['split']}; test: {facts.get('test', {}).get('data', 'none')}",
+        f"sizes: train {facts['sizes']['train']}, val {facts['sizes']['val']}"
         + (f", test {facts['test']['size']}" if "test" in facts else "")
         + f"; skipped {facts['skipped']}",
-        f"- epochs {facts['epochs']}, best epoch {facts['best_epoch']}; optimiser {facts['optimiser']}",
-        f"- training time: {facts['train_seconds']:.1f} s (+ {facts['prep_seconds']:.1f} s canonicalisation) on CPU "
+        f"epochs {facts['epochs']}, best epoch {facts['best_epoch']}; optimiser {facts['optimiser']}",
+        f"training time: {facts['train_seconds']:.1f} s (+ {facts['prep_seconds']:.1f} s canonicalisation) on CPU "
         f"({facts['machine']})",
-        f"- parameters: {facts['parameters']:,}",
-        *([f"- continued from `{facts['init']}` (sha256 `{facts['init_sha256']}`)"] if "init" in facts else []),
-        f"- file: `{Path(facts['file']).name}`, sha256 `{facts['sha256']}`",
-        "",
-        "| split | loss (nats/token) | perplexity | next-token accuracy |",
-        "|---|---|---|---|",
+        f"parameters: {facts['parameters']:,}",
+        *([f"continued from `{facts['init']}` (sha256 `{facts['init_sha256']}`)"] if "init" in facts else []),
+        f"file: `{Path(facts['file']).name}`, sha256 `{facts['sha256']}`",
+        "metrics: loss in nats/token, perplexity, next-token accuracy (teacher forcing)",
     ]
-    for split, m in facts["metrics"].items():
-        lines.append(f"| {split} | {m['loss']:.4f} | {m['perplexity']:.4f} | {m['accuracy']:.4f} |")
-    lines += ["", "Architecture:", "", "```json", json.dumps(facts["architecture"], indent=2), "```", ""]
-    lines += [
+    history = [
         "Per-epoch history:",
         "",
         "| epoch | train_loss | val_loss | val_accuracy | seconds |",
         "|---|---|---|---|---|",
     ]
     for h in facts.get("history", []):
-        lines.append(
+        history.append(
             f"| {int(h.get('epoch', 0))} | {h.get('train_loss', float('nan')):.4f} | {h.get('val_loss', float('nan')):.4f}"
-            f" | {h.get('val_accuracy', float('nan')):.4f} | {h.get('seconds', float('nan')):.1f} |"
+            f" | {h.get('val_accuracy', float('nan')):.4f} | {h.get('epoch_time_s', float('nan')):.1f} |"
         )
-    return "\n".join(lines) + "\n"
+    return f"`{name}` model card", lines, ["\n".join(history)]
+
+
+def model_card(name: str, facts: dict[str, Any]) -> str:
+    """Markdown model card for weights ``name`` from :func:`train`'s facts (:func:`crystal_train.writers.model_card`)."""
+    from crystal_train.writers import model_card as card
+
+    title, lines, sections = _card_parts(name, facts)
+    return card(title, lines, facts["metrics"], facts["architecture"], sections)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -264,7 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-embd", type=int, default=128)
     p.add_argument("--dropout", type=float, default=0.0, help="paper: 0.1")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--run-dir", default=None, help="write metrics.csv and checkpoints here")
+    p.add_argument(
+        "--run-dir", default=None, help="run folder: metrics.csv, model card, predictions (default <out>-run)"
+    )
     p.add_argument("--card", default=None, help="write a markdown model card here")
     p.add_argument("--init", default=None, help="continue from this checkpoint's weights and architecture")
     p.add_argument("--name", default=None, help="weights name for the model card")

@@ -1,12 +1,13 @@
-"""Train DiffCSP with crystal's shared loop (:func:`crystal_train.loop.fit_model`).
+"""Train DiffCSP with crystal's training engine (:func:`crystal_train.engine.fit_model`).
 
 Example (the recipe of the shipped ``diffcsp-perov5-csp`` weights)::
 
     python -m crystal_diffcsp.train --data ../shared/data/perov_5/val.csv --mode csp \\
         --hidden-dim 128 --num-layers 4 --num-freqs 128 --epochs 300 --out runs/diffcsp-perov5
 
-Writes ``model.pt`` (a :mod:`crystal_diffcsp.checkpoint` file), ``metrics.csv``, ``card.md`` and
-``summary.json`` into ``--out``. A fraction ``--val-fraction`` of the data (seeded) is held out
+Writes ``model.pt`` (a :mod:`crystal_diffcsp.checkpoint` file) and the artefacts every crystal
+trainer writes (:mod:`crystal_train.writers`: ``metrics.csv``, ``model-card.md``, ``summary.json``,
+``predictions.csv`` with the denoising loss of each held-out structure, ``failures.csv``) into ``--out``. A fraction ``--val-fraction`` of the data (seeded) is held out
 for model selection (the epoch with the lowest validation loss is kept).
 """
 
@@ -14,19 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from crystal_train.loop import FitConfig, fit_model
 from crystal.weights import sha256sum
 from crystal_diffcsp.checkpoint import save_checkpoint
 from crystal_diffcsp.data import load_training_data
 from crystal_diffcsp.diffusion import DiffCSP, DiffCSPModelConfig
+from crystal_train import FitConfig, fit_model
+from crystal_train.engine import item_losses
+from crystal_train.writers import RunReport, machine_name, write_run
 
 __all__ = ["main", "train"]
 
@@ -57,7 +58,7 @@ def train(
     torch.manual_seed(fit.seed)
     model = DiffCSP(config)
     model.record_training_set(train_set.num_atoms)
-    result = fit_model(model, train_set, val, fit, run_dir=out, quiet=quiet)
+    result = fit_model(model, train_set, val, fit, run_dir=out, quiet=quiet, run_name="diffcsp")
     model = result.net  # type: ignore[assignment]
     last = result.history[-1] if result.history else {}
     best = next((r for r in result.history if r.get("epoch") == result.best_epoch), last)
@@ -69,7 +70,7 @@ def train(
         "best_epoch": result.best_epoch,
         "best_val_loss": result.best_score,
         "train_seconds": round(result.seconds, 1),
-        "fit": fit.model_dump(),
+        "fit": fit.model_dump(mode="json"),
     }
     path = save_checkpoint(model, out / "model.pt", meta)
     summary = {
@@ -80,10 +81,33 @@ def train(
         "size_bytes": path.stat().st_size,
         "best_epoch_metrics": {k: v for k, v in best.items() if isinstance(v, int | float)},
         "model_config": json.loads(config.model_dump_json()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "machine": machine_name("cuda" if fit.accelerator in ("gpu", "cuda") else "cpu"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_run(out, _report(model, summary, config, train_set, val, fit))
     return summary
+
+
+def _report(
+    model: DiffCSP, summary: dict[str, Any], config: DiffCSPModelConfig, train_set: Any, val: Any, fit: FitConfig
+) -> RunReport:
+    """The run writers' report: metrics at the best epoch, per-structure held-out denoising loss."""
+    split, items = ("val", val) if val is not None else ("train", train_set)
+    torch.manual_seed(fit.seed)  # training_loss draws the diffusion time step
+    losses = item_losses(model, items)
+    header = ["split", "id", "num_atoms", *losses[0]] if losses else ["split", "id", "num_atoms"]
+    rows = [[split, items.ids[i], int(items.num_atoms[i]), *row.values()] for i, row in enumerate(losses)]
+    best = summary["best_epoch_metrics"]
+    metrics = {s: {k[len(s) + 1 :]: v for k, v in best.items() if k.startswith(f"{s}_")} for s in ("train", "val")}
+    facts = [
+        f"generator: `diffcsp` ({config.mode}), {summary['parameters']:,} parameters",
+        f"training data: {summary['data']}; train {summary['train_size']}, val {summary['val_size']}",
+        f"epochs run {summary['epochs_run']}, best epoch {summary['best_epoch']} (val loss {summary['best_val_loss']:.4g})",
+        f"optimiser: {fit.optimizer} lr {fit.lr:g}, scheduler {fit.scheduler}, batch {fit.batch_size}, seed {fit.seed}",
+        f"training time: {summary['train_seconds']:.1f} s on {summary['machine']}",
+        f"file: `model.pt`, sha256 `{summary['sha256']}`",
+        f"predictions.csv: denoising loss of each {split} structure (one random time step each)",
+    ]
+    return RunReport("diffcsp model card", facts, metrics, summary, summary["model_config"], header, rows)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,7 @@ into memory-bounded chunks of similar size):
 Geometry (|g|², 2θ, merging) is computed in float64 whatever the batch dtype so that
 equivalent reflections merge identically; structure factors and patterns use the batch
 dtype.  This matches pymatgen's ``XRDCalculator`` (same scattering factors, LP factor and
-Friedel treatment) — see ``core/tests/test_xrd_parity.py``.
+Friedel treatment) — see ``plugins/xrd/tests/test_xrd_parity.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training of the XRD classifier with the shared loop (:func:`crystal_train.loop.fit_model`).
+"""Training of the XRD classifier with crystal's training engine (:func:`crystal_train.engine.fit_model`).
 
 ``python -m crystal_xrdcnn.train --data runs/xrdcnn/train.pt --out runs/xrdcnn/model.pt``
 
@@ -7,6 +7,11 @@ Patterns are simulated **on the fly** from the structures of each training batch
 peak shifts, lattice strain, width, intensity jitter, preferred orientation, second phases,
 background and noise), so the network never sees the same pattern twice.  Validation uses
 patterns simulated once with a fixed seed.  The split is by structure (seeded).
+
+With a ``run_dir`` the run writes what every crystal trainer writes (:mod:`crystal_train.writers`):
+``metrics.csv``, ``model-card.md``, ``summary.json``, ``predictions.csv`` (true and predicted
+class of every head for each held-out pattern), ``parity.png`` (a confusion matrix per head)
+and ``failures.csv``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import torch
 
 from crystal.batch import CrystalBatch
+from crystal_train.writers import ParityPanel, RunReport, machine_name, write_run
 from crystal_xrd import XRDConfig, simulate
 from crystal_xrdcnn.labels import HEADS, targets_from_space_groups
 from crystal_xrdcnn.model import XRDCNN, NetConfig
@@ -97,7 +103,7 @@ def fit(
 
     ``grid`` overrides the xrd representation's wavelength / 2θ range / step (default: its defaults).
     """
-    from crystal_train.loop import FitConfig, fit_model
+    from crystal_train import FitConfig, fit_model
 
     # peaks below 0.1 % of the strongest are dropped in training (invisible under the 1 % noise; saves time)
     xrd = XRDConfig(augment=TRAIN_AUGMENT if augment is None else augment, min_intensity=1e-3, **(grid or {}))
@@ -122,9 +128,60 @@ def fit(
         monitor="val_loss" if val is not None else "train_loss",
     )
     val_data = simulate_targets(val, xrd, seed=10_000 + seed) if val is not None else None
-    result = fit_model(net, PatternData(train, xrd, seed), val_data, cfg, run_dir=run_dir, quiet=quiet)
+    result = fit_model(
+        net, PatternData(train, xrd, seed), val_data, cfg, run_dir=run_dir, quiet=quiet, run_name="xrdcnn"
+    )
     grid = {k: getattr(xrd, k) for k in ("wavelength", "two_theta_min", "two_theta_max", "step")}
+    if run_dir is not None:
+        held_out = (val, val_data) if val is not None and val_data is not None else None
+        write_run(Path(run_dir), _report(result, cfg, net_config, len(train), held_out))
     return result.net, grid, result.history
+
+
+def _report(
+    result: Any, cfg: Any, net_config: NetConfig, n_train: int, held_out: tuple[CrystalBatch, Any] | None
+) -> RunReport:
+    """Held-out predictions per head (confusion matrices) for the run writers."""
+    net = result.net
+    header, rows, panels, metrics = ["split", "id"], [], [], {}
+    if held_out is not None:
+        batch, (signals, *truth) = held_out
+        with torch.no_grad():
+            logits = net.eval()(signals)
+        preds = {h: logits[h].argmax(1) for h in HEADS}
+        header += [f"{h}_{k}" for h in HEADS for k in ("true", "pred")]
+        for i, ident in enumerate(batch.ids):
+            rows.append(
+                ["val", ident, *(int(x) for h, t in zip(HEADS, truth, strict=True) for x in (t[i], preds[h][i]))]
+            )
+        metrics["val"] = {
+            f"{h}_accuracy": float((preds[h] == t).float().mean()) for h, t in zip(HEADS, truth, strict=True)
+        }
+        for h, t in zip(HEADS, truth, strict=True):
+            acc = metrics["val"][f"{h}_accuracy"]
+            panels.append(
+                ParityPanel(h, t.tolist(), preds[h].tolist(), kind="classification", title=f"{h}: accuracy {acc:.3f}")
+            )
+    summary = {
+        "train_size": n_train,
+        "val_size": len(held_out[0]) if held_out is not None else 0,
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "train_seconds": round(result.seconds, 1),
+        "fit": cfg.model_dump(mode="json"),
+        "metrics": metrics,
+        "parameters": sum(p.numel() for p in net.parameters()),
+    }
+    facts = [
+        f"characterizer: `xrdcnn`, {summary['parameters']:,} parameters",
+        f"structures: train {summary['train_size']}, val {summary['val_size']} (patterns simulated, augmented)",
+        f"epochs run {summary['epochs']}, best epoch {summary['best_epoch']} by {result.monitor}",
+        f"optimiser: {cfg.optimizer} lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, scheduler {cfg.scheduler} "
+        f"(warm-up {cfg.warmup_epochs} epoch(s)), batch {cfg.batch_size}, seed {cfg.seed}",
+        f"training time: {summary['train_seconds']:.1f} s on {machine_name()}",
+    ]
+    arch = json.loads(net_config.model_dump_json())
+    return RunReport("xrdcnn model card", facts, metrics, summary, arch, header, rows, panels)
 
 
 def main(argv: list[str] | None = None) -> int:
