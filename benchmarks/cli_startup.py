@@ -35,9 +35,11 @@ def main() -> None:
     base, _ = timed([sys.executable, "-c", "pass"], args.repeat)
     print(f"{'command':<28} {'median s':>9} {'min s':>7} {'x python':>9}")
     print(f"{'python -c pass':<28} {base:>9.3f} {'':>7} {1.0:>9.1f}")
-    for label, cmd in (("crystal plugins list", [CRYSTAL, "plugins", "list"]),
-                       ("crystal --help", [CRYSTAL, "--help"]),
-                       ("crystal plugins list --json", [CRYSTAL, "plugins", "list", "--json"])):
+    for label, cmd in (
+        ("crystal plugins list", [CRYSTAL, "plugins", "list"]),
+        ("crystal --help", [CRYSTAL, "--help"]),
+        ("crystal plugins list --json", [CRYSTAL, "plugins", "list", "--json"]),
+    ):
         med, best = timed(cmd, args.repeat)
         flag = "ok" if med < 0.5 else "SLOW (goal < 0.5 s)"
         print(f"{label:<28} {med:>9.3f} {best:>7.3f} {med / base:>9.1f}  {flag}")

@@ -31,8 +31,8 @@ def _structures(batch: Any) -> list[Any]:
 def run_ab_initio(args: argparse.Namespace) -> dict[str, Any]:
     """Ab initio generation: ``--gen-samples`` crystals, generation metrics against the test subset."""
     from crystal.io import read_structures
-    from crystal_metrics import generation_metrics
     from crystal_diffcsp.generator import DiffCSPGenerator
+    from crystal_metrics import generation_metrics
 
     torch.set_num_threads(args.threads)
     refs = read_structures(Path(args.data), limit=args.gen_reference).structures
@@ -63,8 +63,8 @@ def run_ab_initio(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from crystal.batch import CrystalBatch
     from crystal.io import read_structures
-    from crystal_metrics import csp_metrics
     from crystal_diffcsp.generator import DiffCSPGenerator
+    from crystal_metrics import csp_metrics
 
     torch.set_num_threads(args.threads)
     res = read_structures(Path(args.data), limit=args.limit)

@@ -61,7 +61,9 @@ def main() -> int:
     args = parser.parse_args()
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, device {args.device}; diamond Si supercells, E+F+S")
     print()
-    print("| potential | atoms | peak memory (MiB) | MiB per atom (fit) | largest cell in budget (atoms, extrapolated) |")
+    print(
+        "| potential | atoms | peak memory (MiB) | MiB per atom (fit) | largest cell in budget (atoms, extrapolated) |"
+    )
     print("|---|---|---|---|---|")
     for name in args.potentials:
         config = {"weights": args.mace_weights} if name == "mace" else {}

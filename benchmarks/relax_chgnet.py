@@ -70,8 +70,8 @@ def run_batched(structures, names, args):
     import torch
 
     from crystal.batch import CrystalBatch
-    from crystal_sim.relax import relax
     from crystal_chgnet.potential import CHGNetPotential
+    from crystal_sim.relax import relax
 
     pot = CHGNetPotential(device="cpu", batch_size=args.batch_size)
     batch = CrystalBatch.from_structures(structures, ids=names)

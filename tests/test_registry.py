@@ -105,7 +105,7 @@ def test_weights_names_are_written_once():
         options = (field, *field.get("anyOf", []))
         enum = next(o.get("enum", [o.get("const")]) for o in options if "enum" in o or "const" in o)
         assert tuple(enum) == tuple(cls.weights), f"{info.name}: config's weights choices differ from the class's"
-        with pytest.raises(ValidationError, match="Input should be"):
+        with pytest.raises(ValidationError, match="unknown weights 'no-such-weights'"):
             cls.Config.model_validate({"weights": "no-such-weights"})
 
 

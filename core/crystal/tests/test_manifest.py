@@ -150,9 +150,11 @@ def test_config_accepts_exactly_the_declared_weights(gen_site):
     assert WEIGHTS == ("fake-w1", "fake-w2") and "fake-w1" in Enc.weights
     assert WEIGHTS.entry("fake-w2").training_data == "x"
     assert Cfg(weights="fake-w1").weights == "fake-w1" and Cfg().weights is None
-    with pytest.raises(ValidationError, match="Input should be 'fake-w1' or 'fake-w2'"):
+    with pytest.raises(ValidationError, match=r"unknown weights 'fake-w3'; did you mean 'fake-w2' or 'fake-w1'\?"):
         Cfg(weights="fake-w3")
-    with pytest.raises(ConfigError, match="field 'weights': Input should be 'fake-w1' or 'fake-w2'"):
+    with pytest.raises(
+        ConfigError, match=r"field 'weights': unknown weights 'w1' \(choose from 'fake-w1', 'fake-w2'\)"
+    ):
         Enc.make_config({"weights": "w1"})
     schema = Cfg.model_json_schema()["properties"]["weights"]
     assert {"enum": ["fake-w1", "fake-w2"], "type": "string"} in schema["anyOf"]

@@ -8,9 +8,9 @@ from ase.build import bulk
 from ase.md.verlet import VelocityVerlet
 
 from crystal import CrystalBatch
-from crystal_sim.calculator import CrystalCalculator
 from crystal.errors import ConfigError
 from crystal.testing import LennardJones
+from crystal_sim.calculator import CrystalCalculator
 from crystal_sim.md import MDConfig, MDState, maxwell_boltzmann_velocities, run_md
 
 

@@ -8,8 +8,8 @@ from ase.filters import FrechetCellFilter
 from ase.optimize import FIRE
 
 from crystal import CrystalBatch, StructureError
-from crystal_sim.calculator import CrystalCalculator
 from crystal.testing import LennardJones
+from crystal_sim.calculator import CrystalCalculator
 from crystal_sim.relax import relax
 
 

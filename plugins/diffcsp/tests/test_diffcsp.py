@@ -216,8 +216,8 @@ def test_loss_decreases_on_four_perovskites() -> None:
 
 
 def test_train_command_writes_a_checkpoint_the_generator_loads(tmp_path: Path) -> None:
-    from crystal_train import FitConfig
     from crystal_diffcsp.train import train
+    from crystal_train import FitConfig
 
     for k, s in enumerate(perovskites()):
         s.to(filename=str(tmp_path / f"p{k}.cif"))

@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     list_p = sub.add_parser("list", help="installed components (no torch, no plugin code)")
     list_p.add_argument("--kind", help="only this kind (potential, encoder, ...)")
-    list_p.add_argument("--all", action="store_true", help="include plugins disabled by CRYSTAL_PLUGINS/..._DISABLE_...")
+    list_p.add_argument(
+        "--all", action="store_true", help="include plugins disabled by CRYSTAL_PLUGINS/..._DISABLE_..."
+    )
     sub.add_parser("check", help="import every component and compare it with its manifest")
     args = parser.parse_args(argv)
 

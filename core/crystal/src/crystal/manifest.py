@@ -153,7 +153,26 @@ class NamedWeights(tuple[str, ...]):
 
         if not self:
             raise TypeError("a config field cannot choose among no weights (NamedWeights is empty)")
-        return core_schema.literal_schema(list(self))
+        # a str checked against the names (not a literal schema), so that a typo gets a
+        # "did you mean" hint; the JSON schema still lists the names as an enum
+        return core_schema.no_info_after_validator_function(
+            self._validate, core_schema.str_schema(), metadata={"pydantic_js_updates": {"enum": list(self)}}
+        )
+
+    def _validate(self, value: str) -> str:
+        if value in self._entries:
+            return value
+        import difflib
+
+        from pydantic_core import PydanticCustomError
+
+        close = difflib.get_close_matches(value, list(self), n=2, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise PydanticCustomError(
+            "unknown_weights",
+            "unknown weights {value}{hint} (choose from {choices})",
+            {"value": repr(value), "hint": hint, "choices": ", ".join(map(repr, self))},
+        )
 
 
 class ComponentManifest(StrictModel):

@@ -38,7 +38,11 @@ __all__ = [
     "find_weights",
     "list_weights",
     "load_state_dict",
+    "merge_checkpoint_config",
+    "read_checkpoint",
+    "read_component_checkpoint",
     "resolve_weights",
+    "save_checkpoint",
     "sha256sum",
 ]
 

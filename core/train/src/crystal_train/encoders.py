@@ -74,7 +74,7 @@ class EncoderLoss(nn.Module):
         self.net = net
 
     def training_loss(self, batch: CrystalBatch) -> dict[str, torch.Tensor]:
-        targets = self.net.targets
+        targets: Any = self.net.targets
         raw = self.net(batch)
         truth = _truth(batch, targets)
         loss, parts = targets.loss(raw, truth, batch.num_atoms)
@@ -130,7 +130,7 @@ def fit(
         train.to(dtype=torch.float64),
         val.to(dtype=torch.float64) if val is not None else None,
         cfg,
-        run_dir=output,
+        run_dir=Path(output) if output is not None else None,
         resume=resume,
         quiet=quiet,
         run_name=encoder.name,
@@ -372,7 +372,8 @@ def write_encoder_run(
     out = Path(cfg.output)
     metrics, predicted = evaluated
     report_split = "test" if "test" in predicted else ("val" if "val" in predicted else "train")
-    header, rows, panels = _encoder_predictions(encoder, report_split, *predicted[report_split], metrics[report_split])
+    data, values = predicted[report_split]
+    header, rows, panels = _encoder_predictions(encoder, report_split, data, values, metrics[report_split])
     sizes = {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
     device = "cuda" if cfg.fit.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
     summary: dict[str, Any] = {

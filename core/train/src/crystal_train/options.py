@@ -111,7 +111,7 @@ class FitConfig(StrictModel):
     # ---------------------------------------------------------------- output
     progress: bool = Field(True, description="show a progress bar (only on a terminal and without quiet)")
     logger: list[LoggerName] = Field(
-        default_factory=lambda: ["csv"],
+        default_factory=lambda: list[LoggerName](["csv"]),
         description="where epoch metrics go: csv (metrics.csv, always), tensorboard (logs/, needs "
         "crystal-train[tensorboard]), wandb (Weights & Biases, needs crystal-train[wandb]); a name or a list",
     )
@@ -184,7 +184,7 @@ def merge_legacy_sections(data: dict[str, Any]) -> dict[str, Any]:
         return data
     data = dict(data)
     fit = dict(data.get("fit") or {})
-    optim = data.get("optim") if isinstance(data.get("optim"), dict) else {}
+    optim: dict[str, Any] = data["optim"] if isinstance(data.get("optim"), dict) else {}
     scheduler = fit.get("scheduler", optim.get("scheduler"))
     for section in LEGACY_SECTIONS:
         table = data.pop(section, None)
