@@ -16,6 +16,10 @@ app = typer.Typer(
 )
 plugins_app = typer.Typer(help="List, inspect and check installed plugins.", no_args_is_help=True)
 app.add_typer(plugins_app, name="plugins")
+weights_app = typer.Typer(
+    help="List, download, verify and import named weights (cache: $CRYSTAL_CACHE).", no_args_is_help=True
+)
+app.add_typer(weights_app, name="weights")
 
 _STATE: dict[str, bool] = {"debug": False}
 DEFAULT_PIPELINE = "default-discovery.toml"

@@ -90,12 +90,25 @@ class WeightsManifest(StrictModel):
     """One set of named weights."""
 
     name: str = Field(description="unique weights name, e.g. 'cgcnn-perov5-heat_ref'")
-    file: str = Field(description="'package:<pkg>/<path>' (package resource), a local path, or an http(s) URL (cached)")
+    file: str = Field(
+        description="where the file is: 'package:<pkg>/<path>' (package resource), a local path, or a remote "
+        "http(s):// or file:// URL (the authors' own release location), downloaded once into the weights "
+        "cache ($CRYSTAL_CACHE)"
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the file")
+    size: int | None = Field(
+        None, ge=0, description="size of the file in bytes (checked after a download; shown by crystal weights list)"
+    )
     licence: str = Field(description="SPDX licence of the weights")
     training_data: str = Field(description="data set (and split) the weights were trained on")
+    citation: str | None = Field(None, description="the paper (or DOI) to cite when using the weights")
     metrics: dict[str, int | float | str] = Field(default_factory=dict, description="reported metrics, units in keys")
     description: str = ""
+
+    @property
+    def remote(self) -> bool:
+        """Whether :attr:`file` is a URL (downloaded into the cache) rather than a package resource or path."""
+        return self.file.startswith(("http://", "https://", "file://"))
 
 
 class NamedWeights(tuple[str, ...]):

@@ -5,8 +5,18 @@ A weights entry (see :class:`crystal.manifest.WeightsManifest`) names its file a
 * ``package:<package>/<path>`` — a resource inside an installed package (located with
   ``find_spec`` without importing the package),
 * a local path (absolute, or relative to the current directory), or
-* an ``http(s)://`` URL, downloaded once into ``$CRYSTAL_CACHE`` (default
-  ``~/.cache/crystal/weights``) and verified before use.
+* a remote ``http(s)://`` or ``file://`` URL (the authors' own release location),
+  downloaded once into :func:`cache_dir` (``$CRYSTAL_CACHE``, default
+  ``$XDG_CACHE_HOME/crystal/weights`` or ``~/.cache/crystal/weights``) at
+  ``<cache>/<sha256[:16]>/<file name>`` and verified before use.
+
+Downloads (:func:`download_weights`) are atomic (a ``.part`` file, then ``os.replace``),
+resumable (an existing ``.part`` continues with an HTTP ``Range`` request), size- and
+sha256-checked, and quiet unless given a progress callback. ``CRYSTAL_OFFLINE=1`` (or
+``offline=True``) never touches the network: a missing file is one :class:`WeightsError`
+saying where to put a file downloaded elsewhere, or to run ``crystal weights import FILE``
+(:func:`import_weights`). :func:`weights_status` and :func:`verify_weights` report what is
+present.
 
 A component declares its weights once, on its class: ``weights = NamedWeights(WeightsManifest(...), ...)``
 (both re-exported here); ``crystal plugins manifest --write`` copies them into the manifest.
@@ -20,10 +30,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from crystal.errors import WeightsError
 from crystal.manifest import NamedWeights, WeightsManifest
@@ -33,9 +46,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NamedWeights",
+    "ProgressCallback",
+    "WeightsCheck",
     "WeightsManifest",
+    "WeightsStatus",
     "cache_dir",
+    "cached_path",
+    "download_weights",
     "find_weights",
+    "import_weights",
+    "is_offline",
     "list_weights",
     "load_state_dict",
     "merge_checkpoint_config",
@@ -44,12 +64,39 @@ __all__ = [
     "resolve_weights",
     "save_checkpoint",
     "sha256sum",
+    "verify_weights",
+    "weights_status",
 ]
+
+ProgressCallback = Callable[[int, int | None], None]
+"""``progress(bytes_done, bytes_total_or_None)``, called as a download proceeds."""
+
+_CHUNK = 1 << 20
 
 
 def cache_dir() -> Path:
-    """Where downloaded weights are cached (``$CRYSTAL_CACHE`` or ``~/.cache/crystal/weights``)."""
-    return Path(os.environ.get("CRYSTAL_CACHE", Path.home() / ".cache" / "crystal" / "weights"))
+    """Where downloaded weights are cached: ``$CRYSTAL_CACHE``, else ``$XDG_CACHE_HOME/crystal/weights``,
+    else ``~/.cache/crystal/weights``."""
+    if env := os.environ.get("CRYSTAL_CACHE"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "crystal" / "weights"
+
+
+def is_offline() -> bool:
+    """Whether ``CRYSTAL_OFFLINE`` forbids network access (``1``, ``true``, ``yes``, ``on``)."""
+    return os.environ.get("CRYSTAL_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def cached_path(entry: WeightsManifest) -> Path:
+    """The exact cache path of a remote entry's file (``<cache>/<sha256[:16]>/<file name>``)."""
+    from urllib.parse import unquote, urlsplit
+
+    if not entry.remote:
+        raise WeightsError(f"weights {entry.name!r} are not remote ({entry.file}); they are not cached")
+    basename = unquote(urlsplit(entry.file).path.rstrip("/").rsplit("/", 1)[-1]) or f"{entry.name}.pt"
+    return cache_dir() / entry.sha256[:16] / basename
 
 
 def sha256sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -105,10 +152,12 @@ def _locate(entry: WeightsManifest) -> Path:
             if candidate.is_file():
                 return candidate
         raise WeightsError(f"weights {entry.name!r}: file {rel!r} is missing from package {package!r}")
-    if file.startswith(("http://", "https://")):
-        target = cache_dir() / entry.sha256[:16] / file.rsplit("/", 1)[-1]
+    if entry.remote:
+        target = cached_path(entry)
         if not target.is_file():
-            _download(file, target, entry.name)
+            if is_offline():
+                raise _offline_error(entry, target)
+            _download(entry, target, None)
         return target
     path = Path(file).expanduser()
     if not path.is_file():
@@ -116,24 +165,243 @@ def _locate(entry: WeightsManifest) -> Path:
     return path
 
 
-def _download(url: str, target: Path, name: str) -> None:
+def _entry(name_or_entry: str | WeightsManifest) -> WeightsManifest:
+    return find_weights(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
+
+
+def _offline_error(entry: WeightsManifest, target: Path) -> WeightsError:
+    size = f", {entry.size} bytes" if entry.size is not None else ""
+    return WeightsError(
+        f"weights {entry.name!r} are not in the cache, and offline mode (CRYSTAL_OFFLINE=1 or --offline) "
+        f"forbids downloading them.\n"
+        f"  download them elsewhere from: {entry.file}  (sha256 {entry.sha256}{size})\n"
+        f"  and put the file at:          {target}\n"
+        f"  or run:                       crystal weights import FILE --name {entry.name}"
+    )
+
+
+def _check_file(entry: WeightsManifest, path: Path, what: str) -> None:
+    """Size and sha256 of ``path`` against ``entry``; a mismatch deletes ``path`` and raises."""
+    got_size = path.stat().st_size
+    if entry.size is not None and got_size != entry.size:
+        path.unlink(missing_ok=True)
+        raise WeightsError(
+            f"weights {entry.name!r}: {what} has {got_size} bytes, expected {entry.size}; the file was deleted"
+        )
+    got = sha256sum(path)
+    if got != entry.sha256:
+        path.unlink(missing_ok=True)
+        raise WeightsError(
+            f"weights {entry.name!r}: {what} has sha256 {got}, expected {entry.sha256}; the file was deleted"
+        )
+
+
+def _download(entry: WeightsManifest, target: Path, progress: ProgressCallback | None, *, _retry: bool = True) -> None:
+    """Download ``entry.file`` into ``target`` through ``target.part`` (resumed when present), verify, rename."""
+    import urllib.error
     import urllib.request
 
+    url = entry.file
+    part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    start = part.stat().st_size if part.is_file() else 0
+    if entry.size is not None and start > entry.size:
+        part.unlink()
+        start = 0
+    if entry.size is None or start < entry.size:
+        request = urllib.request.Request(url, headers={"User-Agent": "crystal-weights"})
+        if start:
+            request.add_header("Range", f"bytes={start}-")
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                resumed = bool(start) and getattr(resp, "status", None) == 206
+                if not resumed:  # a fresh download, or a server that ignores Range: restart cleanly
+                    start = 0
+                length = resp.headers.get("Content-Length")
+                total = start + int(length) if length and length.isdigit() else entry.size
+                done = start
+                if progress is not None:
+                    progress(done, total)
+                with open(part, "ab" if resumed else "wb") as fh:  # mode 0o666 & ~umask
+                    while block := resp.read(_CHUNK):
+                        fh.write(block)
+                        done += len(block)
+                        if progress is not None:
+                            progress(done, total)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and start and _retry:  # the range is past the end: start afresh, once
+                part.unlink(missing_ok=True)
+                _download(entry, target, progress, _retry=False)
+                return
+            raise WeightsError(
+                f"weights {entry.name!r}: download of {url} failed: HTTP {exc.code} {exc.reason}"
+            ) from None
+        except (OSError, ValueError) as exc:
+            kept = f"; {part} is kept and the next download resumes it" if part.is_file() else ""
+            raise WeightsError(f"weights {entry.name!r}: download of {url} failed: {exc}{kept}") from None
+    _check_file(entry, part, f"the download of {url}")
+    os.replace(part, target)
+
+
+def download_weights(
+    name_or_entry: str | WeightsManifest,
+    *,
+    progress: ProgressCallback | None = None,
+    offline: bool | None = None,
+    force: bool = False,
+) -> Path:
+    """Make the file of remote weights present and verified in the cache; returns its path.
+
+    A file already cached and verified is not downloaded again (unless ``force``). Entries
+    that are not remote (package resources, local paths) are only verified. ``offline``
+    (default: :func:`is_offline`) forbids the network: a missing file raises a
+    :class:`WeightsError` naming the URL, the exact cache path to put the file at, and
+    ``crystal weights import``. ``progress(done, total)`` is called as bytes arrive.
+    """
+    entry = _entry(name_or_entry)
+    if not entry.remote:
+        return resolve_weights(entry)[0]
+    target = cached_path(entry)
+    if target.is_file() and not force:
+        st = target.stat()
+        if _verified(str(target), st.st_mtime_ns, st.st_size, entry.sha256):
+            return target
+        if offline if offline is not None else is_offline():
+            raise WeightsError(
+                f"weights {entry.name!r}: sha256 of {target} is {sha256sum(target)}, expected {entry.sha256}; "
+                "delete it and download again (offline mode forbids it now)"
+            )
+        target.unlink()
+    if offline if offline is not None else is_offline():
+        raise _offline_error(entry, target)
+    _download(entry, target, progress)
+    return target
+
+
+@dataclass(frozen=True)
+class WeightsStatus:
+    """Where one registered set of weights is (see :func:`weights_status`)."""
+
+    name: str
+    distribution: str | None
+    entry: WeightsManifest
+    where: Literal["package", "local", "cached", "remote", "missing"]
+    """``package`` / ``local``: shipped or on disk; ``cached``: downloaded; ``remote``: not yet
+    downloaded; ``missing``: a package resource or local path that is absent."""
+    path: Path | None
+    """The local file (for remote weights: the cache path, whether or not it exists)."""
+
+    @property
+    def present(self) -> bool:
+        """Whether the file is on disk."""
+        return self.where in ("package", "local", "cached")
+
+
+def _status(entry: WeightsManifest, dist: str | None) -> WeightsStatus:
+    if entry.remote:
+        target = cached_path(entry)
+        return WeightsStatus(entry.name, dist, entry, "cached" if target.is_file() else "remote", target)
+    kind: Literal["package", "local"] = "package" if entry.file.startswith("package:") else "local"
     try:
-        with os.fdopen(fd, "wb") as fh, urllib.request.urlopen(url, timeout=60) as resp:
-            while block := resp.read(1 << 20):
-                fh.write(block)
-        os.replace(tmp, target)
+        return WeightsStatus(entry.name, dist, entry, kind, _locate(entry))
+    except WeightsError:
+        return WeightsStatus(entry.name, dist, entry, "missing", None)
+
+
+def weights_status(names: Iterable[str | WeightsManifest] | None = None) -> list[WeightsStatus]:
+    """Where each named weights entry (default: every registered one) is; touches no network."""
+    every = list_weights()
+    if names is None:
+        return [_status(e, d) for _n, (d, e) in sorted(every.items())]
+    out = []
+    for n in names:
+        entry = _entry(n)
+        out.append(_status(entry, every[entry.name][0] if entry.name in every else None))
+    return out
+
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """The result of verifying one weights file (see :func:`verify_weights`)."""
+
+    name: str
+    path: Path | None
+    ok: bool | None
+    """True: sha256 (and size) match; False: mismatch; None: no file present to check."""
+    expected: str
+    actual: str | None
+
+
+def verify_weights(names: Iterable[str | WeightsManifest] | None = None) -> list[WeightsCheck]:
+    """Recompute the sha256 of every present file among ``names`` (default: all registered);
+    nothing is downloaded or deleted."""
+    out = []
+    for status in weights_status(names):
+        entry = status.entry
+        if not status.present or status.path is None:
+            out.append(WeightsCheck(entry.name, status.path, None, entry.sha256, None))
+            continue
+        actual = sha256sum(status.path)
+        size_ok = entry.size is None or status.path.stat().st_size == entry.size
+        out.append(WeightsCheck(entry.name, status.path, actual == entry.sha256 and size_ok, entry.sha256, actual))
+    return out
+
+
+def import_weights(
+    file: str | os.PathLike[str],
+    name: str | WeightsManifest | None = None,
+    *,
+    candidates: Iterable[WeightsManifest] | None = None,
+) -> tuple[WeightsManifest, Path]:
+    """Copy a weights file obtained elsewhere into the cache, after checking its sha256.
+
+    ``name`` names the entry (a mismatch is refused); without it the entry is found by the
+    file's sha256 among ``candidates`` (default: every registered entry). Returns
+    ``(entry, cache path)``. The copy is atomic and readable under the user's umask.
+    """
+    source = Path(file).expanduser()
+    if not source.is_file():
+        raise WeightsError(f"cannot import {source}: no such file")
+    digest = sha256sum(source)
+    if name is not None:
+        entry = _entry(name)
+        if digest != entry.sha256:
+            raise WeightsError(
+                f"cannot import {source} as weights {entry.name!r}: its sha256 is {digest}, expected {entry.sha256}"
+            )
+    else:
+        pool = list(candidates) if candidates is not None else [e for _d, e in list_weights().values()]
+        found = [e for e in pool if e.sha256 == digest]
+        if not found:
+            raise WeightsError(
+                f"cannot import {source}: its sha256 {digest} matches no registered weights "
+                "(give --name to see the expected digest)"
+            )
+        entry = found[0]
+    if not entry.remote:
+        raise WeightsError(
+            f"weights {entry.name!r} are not downloaded ({entry.file}); there is nothing to import into the cache"
+        )
+    if entry.size is not None and source.stat().st_size != entry.size:
+        raise WeightsError(
+            f"cannot import {source} as weights {entry.name!r}: {source.stat().st_size} bytes, expected {entry.size}"
+        )
+    target = cached_path(entry)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        shutil.copyfile(source, part)  # a new file: mode 0o666 & ~umask
+        _check_file(entry, part, f"the copy of {source}")
+        os.replace(part, target)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise WeightsError(f"weights {name!r}: download of {url} failed: {exc}") from None
+        part.unlink(missing_ok=True)
+        raise WeightsError(f"cannot import {source} into {target}: {exc}") from None
+    return entry, target
 
 
 def resolve_weights(name_or_entry: str | WeightsManifest) -> tuple[Path, WeightsManifest]:
     """Locate the weights file and verify its sha256; returns ``(path, entry)``."""
-    entry = find_weights(name_or_entry) if isinstance(name_or_entry, str) else name_or_entry
+    entry = _entry(name_or_entry)
     path = _locate(entry)
     st = path.stat()
     if not _verified(str(path), st.st_mtime_ns, st.st_size, entry.sha256):
