@@ -105,3 +105,13 @@ def test_import_by_name_and_by_sha(remote, tmp_path, capsys):
     junk.write_bytes(b"junk")
     assert main(["weights", "import", str(junk)]) == 1
     assert "matches no registered" in capsys.readouterr().err
+
+
+def test_global_offline_flag_applies_to_every_command(remote, monkeypatch, capsys):
+    """``crystal --offline COMMAND`` never downloads (the flag sets CRYSTAL_OFFLINE for the process)."""
+    _release, cache = remote
+    assert main(["--offline", "weights", "download", "fake-remote"]) == 1
+    assert "offline" in capsys.readouterr().err.lower() and not cache.exists()
+    monkeypatch.delenv("CRYSTAL_OFFLINE", raising=False)  # main() set it for this process
+    assert main(["weights", "download", "fake-remote", "-q"]) == 0
+    assert _cached(cache, "fake-remote").read_bytes() == BLOB

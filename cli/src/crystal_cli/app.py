@@ -39,5 +39,13 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Show versions and exit.")
     ] = False,
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline", help="Never download weights (as CRYSTAL_OFFLINE=1): only packaged and cached files are used."
+        ),
+    ] = False,
 ) -> None:
     _STATE["debug"] = debug or os.environ.get("CRYSTAL_DEBUG") == "1"
+    if offline:
+        os.environ["CRYSTAL_OFFLINE"] = "1"  # read by crystal.weights.is_offline() in this process
