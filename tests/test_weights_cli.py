@@ -115,3 +115,45 @@ def test_global_offline_flag_applies_to_every_command(remote, monkeypatch, capsy
     monkeypatch.delenv("CRYSTAL_OFFLINE", raising=False)  # main() set it for this process
     assert main(["weights", "download", "fake-remote", "-q"]) == 0
     assert _cached(cache, "fake-remote").read_bytes() == BLOB
+
+
+def test_trust_pickle_import_of_a_pickled_module(fake_distribution, tmp_path, monkeypatch, capsys):
+    """A pickled module (like a mace-torch .model) is listed as not converted until
+    ``crystal weights import --trust-pickle`` converts it, loudly, into a weights-only file."""
+    import torch
+    from _pickled_support import TinyNet
+
+    monkeypatch.setenv("CRYSTAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CRYSTAL_OFFLINE", raising=False)
+    model = tmp_path / "tiny.model"
+    torch.save(TinyNet(2), model)
+    fake_distribution(
+        "fake-pickled-w",
+        {"crystal.manifests": {"fake-pickled-w": "fake_pickled_w:crystal_plugin.toml"}},
+        {
+            "fake_pickled_w/__init__.py": "",
+            "fake_pickled_w/crystal_plugin.toml": f'''[plugin]
+description = "w"
+
+[[weights]]
+name = "fake-pickled"
+file = "{model.as_uri()}"
+sha256 = "{hashlib.sha256(model.read_bytes()).hexdigest()}"
+licence = "MIT"
+training_data = "none"
+format = "pickled-module"
+converter = "_pickled_support:to_payload"
+''',
+        },
+    )
+    assert main(["weights", "download", "fake-pickled", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "crystal weights import --trust-pickle" in out
+    assert main(["weights", "list"]) == 0
+    assert "not converted (--trust-pickle)" in capsys.readouterr().out
+    assert main(["weights", "import", str(model), "--trust-pickle"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: --trust-pickle unpickles" in captured.err and "weights-only conversion" in captured.out
+    assert main(["weights", "list", "--json"]) == 0
+    [row] = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "fake-pickled"]
+    assert row["converted"] is True and row["usable"] is True and row["format"] == "pickled-module"

@@ -39,6 +39,24 @@ def _size(n: int | None) -> str:
     return f"{n} B"  # pragma: no cover
 
 
+def _where(s: WeightsStatus) -> str:
+    text = _WHERE[s.where]
+    if s.converted is False and s.present:
+        text += ", not converted (--trust-pickle)"
+    elif s.converted:
+        text += ", converted"
+    return text
+
+
+def _sha(s: WeightsStatus) -> str:
+    from crystal.weights import expected_sha256
+
+    if s.entry.sha256 is not None:
+        return s.entry.sha256
+    pinned = expected_sha256(s.entry) if s.entry.remote else None
+    return f"{pinned} (pinned at first download)" if pinned else "unpinned (the authors publish none)"
+
+
 def _file_size(s: WeightsStatus) -> int | None:
     if s.entry.size is not None:
         return s.entry.size
@@ -61,6 +79,10 @@ def weights_list(
                         "name": s.name,
                         "distribution": s.distribution,
                         "where": s.where,
+                        "format": s.entry.format,
+                        "converted": s.converted,
+                        "usable": s.usable,
+                        "sha256": s.entry.sha256,
                         "path": str(s.path) if s.path else None,
                         "size_bytes": _file_size(s),
                         "licence": s.entry.licence,
@@ -82,7 +104,7 @@ def weights_list(
     for col in ("name", "plugin", "where", "size", "licence"):
         table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col == "name")
     for s in rows:
-        table.add_row(s.name, s.distribution or "-", _WHERE[s.where], _size(_file_size(s)), s.entry.licence)
+        table.add_row(s.name, s.distribution or "-", _where(s), _size(_file_size(s)), s.entry.licence)
     Console(width=200).print(table)
 
 
@@ -97,7 +119,8 @@ def weights_info(name: Annotated[str, typer.Argument(help="Weights name.")]) -> 
         f"{e.name}",
         f"  plugin:        {s.distribution or '-'}",
         f"  file:          {e.file}",
-        f"  sha256:        {e.sha256}",
+        f"  sha256:        {_sha(s)}",
+        f"  format:        {e.format}" + (f" (converter {e.converter})" if e.converter else ""),
         f"  size:          {_size(_file_size(s))}" + (f" ({e.size} bytes)" if e.size is not None else ""),
         f"  licence:       {e.licence}",
         f"  training data: {e.training_data}",
@@ -109,7 +132,11 @@ def weights_info(name: Annotated[str, typer.Argument(help="Weights name.")]) -> 
     if e.metrics:
         lines.append("  metrics:       " + ", ".join(f"{k}={v}" for k, v in e.metrics.items()))
     lines.append(f"  local path:    {s.path if s.path is not None else '-'}")
-    lines.append(f"  where:         {_WHERE[s.where]}")
+    lines.append(f"  where:         {_where(s)}")
+    if e.format == "pickled-module":
+        from crystal.weights import converted_path
+
+        lines.append(f"  converted:     {converted_path(e)}" + ("" if s.converted else " (not yet)"))
     lines.append(
         f"  cached:        {'yes' if s.where == 'cached' else 'no' if s.where == 'remote' else 'n/a (not remote)'}"
     )
@@ -145,7 +172,7 @@ def weights_download(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Download remote weights into the cache (atomic, resumable, sha256-checked)."""
-    from crystal.weights import download_weights, is_offline, weights_status
+    from crystal.weights import converted_path, download_weights, is_offline, weights_status
 
     if all_ and names:
         raise typer.BadParameter("give names or --all, not both")
@@ -163,6 +190,11 @@ def weights_download(
         with _progress_bar(s.name, quiet or not s.entry.remote) as progress:
             path = download_weights(s.entry, progress=progress, offline=off, force=force)
         typer.echo(f"{s.name}: {'verified' if not s.entry.remote else 'downloaded and verified'} at {path}")
+        if s.entry.format == "pickled-module" and not converted_path(s.entry).is_file():
+            typer.echo(
+                f"{s.name}: a pickled module; convert it once, where its reference package is installed: "
+                f"crystal weights import --trust-pickle {path} --name {s.name}"
+            )
 
 
 @weights_app.command("verify")
@@ -191,9 +223,39 @@ def weights_import(
     name: Annotated[
         str | None, typer.Option("--name", help="The weights it is (default: found by its sha256).")
     ] = None,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="For a pickled module (e.g. a mace-torch .model): unpickle it ONCE, here, and convert it to a "
+            "weights-only file. Unpickling runs code from the file; the reference package must be installed.",
+        ),
+    ] = False,
 ) -> None:
-    """Copy a file into the weights cache after checking its sha256 against the registry."""
+    """Copy a file into the weights cache after checking its sha256 against the registry
+    (with --trust-pickle: also convert a pickled module into a weights-only file)."""
+    import warnings
+
     from crystal.weights import import_weights
 
-    entry, path = import_weights(file, name)
-    typer.echo(f"{entry.name}: imported {file} -> {path}")
+    if trust_pickle:
+        typer.secho(
+            f"WARNING: --trust-pickle unpickles {file}, which runs code stored in the file. crystal does this only "
+            "for a file whose sha256 matches the registry's entry, and only now; loaders then read the "
+            "weights-only conversion.",
+            err=True,
+            fg="yellow",
+            bold=True,
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the banner above says it
+        entry, path = import_weights(file, name, trust_pickle=trust_pickle)
+    if trust_pickle:
+        typer.echo(f"{entry.name}: unpickled {file} and wrote the weights-only conversion {path}")
+    else:
+        typer.echo(f"{entry.name}: imported {file} -> {path}")
+        if entry.format == "pickled-module":
+            typer.echo(
+                f"{entry.name}: a pickled module; loaders need its conversion: rerun with --trust-pickle where "
+                "its reference package is installed"
+            )

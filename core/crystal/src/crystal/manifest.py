@@ -51,7 +51,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from crystal.config import StrictModel
 from crystal.errors import PluginError, PluginLoadError, PluginNotFoundError
@@ -95,7 +95,12 @@ class WeightsManifest(StrictModel):
         "http(s):// or file:// URL (the authors' own release location), downloaded once into the weights "
         "cache ($CRYSTAL_CACHE)"
     )
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex sha256 of the file")
+    sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="hex sha256 of the file; None only for a remote file whose authors publish no digest: it is "
+        "then pinned at first download (trust on first use, shown as 'unpinned' until then)",
+    )
     size: int | None = Field(
         None, ge=0, description="size of the file in bytes (checked after a download; shown by crystal weights list)"
     )
@@ -104,11 +109,38 @@ class WeightsManifest(StrictModel):
     citation: str | None = Field(None, description="the paper (or DOI) to cite when using the weights")
     metrics: dict[str, int | float | str] = Field(default_factory=dict, description="reported metrics, units in keys")
     description: str = ""
+    format: Literal["weights-only", "pickled-module"] = Field(
+        "weights-only",
+        description="'weights-only': loaded with torch.load(weights_only=True) (or the loader's own safe reader); "
+        "'pickled-module': a whole pickled torch module (e.g. mace-torch's .model), never unpickled by a loader: "
+        "`crystal weights import --trust-pickle FILE` converts it once, with `converter`, into a weights-only file",
+    )
+    converter: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'package.module:function' turning the unpickled object of a 'pickled-module' file into a "
+        "weights-only payload (tensors, str, numbers, lists, dicts)",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WeightsManifest:
+        if self.sha256 is None and not self.remote:
+            raise ValueError(f"weights {self.name!r}: sha256 may only be omitted for a remote (URL) file")
+        if self.format == "pickled-module" and self.converter is None:
+            raise ValueError(f"weights {self.name!r}: format 'pickled-module' needs a converter ('module:function')")
+        if self.format == "weights-only" and self.converter is not None:
+            raise ValueError(f"weights {self.name!r}: a converter only applies to format 'pickled-module'")
+        return self
 
     @property
     def remote(self) -> bool:
         """Whether :attr:`file` is a URL (downloaded into the cache) rather than a package resource or path."""
         return self.file.startswith(("http://", "https://", "file://"))
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the registry knows the file's sha256 (else it is pinned at first download)."""
+        return self.sha256 is not None
 
 
 class NamedWeights(tuple[str, ...]):
@@ -462,6 +494,8 @@ def render_manifest(manifest: PluginManifest, distribution: str) -> str:
         metrics = data.pop("metrics")
         if not data["description"]:
             data.pop("description")
+        if data["format"] == "weights-only":
+            data.pop("format")
         lines += ["", "[[weights]]", *_toml_table(data)]
         if metrics:
             lines += ["", "[weights.metrics]", *_toml_table(metrics)]

@@ -22,7 +22,16 @@ A component declares its weights once, on its class: ``weights = NamedWeights(We
 (both re-exported here); ``crystal plugins manifest --write`` copies them into the manifest.
 
 Every file is checked against its sha256 before it is handed out;
-:func:`load_state_dict` always uses ``torch.load(..., weights_only=True)``.
+:func:`load_state_dict` always uses ``torch.load(..., weights_only=True)``. A remote entry
+whose authors publish no digest (``sha256=None``) is pinned at its first download (the digest
+is kept beside the cached file and checked from then on).
+
+Entries of ``format="pickled-module"`` (a whole pickled torch module, such as mace-torch's
+``.model`` files) are never unpickled by a loader. ``crystal weights import --trust-pickle
+FILE`` (:func:`import_weights` with ``trust_pickle=True``), run once where the reference
+package is installed, unpickles the file (its sha256 checked first), turns it into a
+weights-only payload with the entry's ``converter`` and writes it to :func:`converted_path`;
+:func:`resolve_weights` / :func:`load_state_dict` then hand out that conversion.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,7 +62,9 @@ __all__ = [
     "WeightsStatus",
     "cache_dir",
     "cached_path",
+    "converted_path",
     "download_weights",
+    "expected_sha256",
     "find_weights",
     "import_weights",
     "is_offline",
@@ -89,14 +101,56 @@ def is_offline() -> bool:
     return os.environ.get("CRYSTAL_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def cached_path(entry: WeightsManifest) -> Path:
-    """The exact cache path of a remote entry's file (``<cache>/<sha256[:16]>/<file name>``)."""
+def _slot(entry: WeightsManifest) -> Path:
+    """The entry's cache folder: ``<cache>/<sha256[:16]>``, or ``<cache>/unpinned-<name>`` without a digest."""
+    return cache_dir() / (entry.sha256[:16] if entry.sha256 else f"unpinned-{entry.name}")
+
+
+def _basename(entry: WeightsManifest) -> str:
     from urllib.parse import unquote, urlsplit
 
+    path = urlsplit(entry.file).path if entry.remote else entry.file.removeprefix("package:")
+    return unquote(path.rstrip("/").rsplit("/", 1)[-1]) or f"{entry.name}.pt"
+
+
+def cached_path(entry: WeightsManifest) -> Path:
+    """The exact cache path of a remote entry's file (``<cache>/<sha256[:16]>/<file name>``;
+    ``<cache>/unpinned-<name>/<file name>`` for an entry without a published sha256)."""
     if not entry.remote:
         raise WeightsError(f"weights {entry.name!r} are not remote ({entry.file}); they are not cached")
-    basename = unquote(urlsplit(entry.file).path.rstrip("/").rsplit("/", 1)[-1]) or f"{entry.name}.pt"
-    return cache_dir() / entry.sha256[:16] / basename
+    return _slot(entry) / _basename(entry)
+
+
+def converted_path(entry: WeightsManifest) -> Path:
+    """Where ``crystal weights import --trust-pickle`` writes the weights-only conversion of a
+    ``pickled-module`` entry (``<cache slot>/<file name>.weights-only.pt``)."""
+    if entry.format != "pickled-module":
+        raise WeightsError(f"weights {entry.name!r} are weights-only ({entry.file}); there is nothing to convert")
+    return _slot(entry) / (_basename(entry) + ".weights-only.pt")
+
+
+def _pin_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _write_pin(path: Path, digest: str) -> None:
+    """Record ``digest`` beside ``path`` (atomically; readable under the user's umask)."""
+    pin = _pin_path(path)
+    tmp = pin.with_name(pin.name + ".part")
+    tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
+    os.replace(tmp, pin)
+
+
+def expected_sha256(entry: WeightsManifest, path: Path | None = None) -> str | None:
+    """The sha256 ``entry``'s file must have: the registry's, or for an unpinned remote entry
+    the digest pinned at its first download (None before that)."""
+    if entry.sha256 is not None:
+        return entry.sha256
+    pin = _pin_path(path if path is not None else cached_path(entry))
+    try:
+        return pin.read_text(encoding="utf-8").split()[0]
+    except (FileNotFoundError, IndexError):
+        return None
 
 
 def sha256sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -171,17 +225,31 @@ def _entry(name_or_entry: str | WeightsManifest) -> WeightsManifest:
 
 def _offline_error(entry: WeightsManifest, target: Path) -> WeightsError:
     size = f", {entry.size} bytes" if entry.size is not None else ""
+    digest = f"sha256 {entry.sha256}" if entry.sha256 else "no published sha256: pinned at import"
+    trust = " --trust-pickle" if entry.format == "pickled-module" else ""
     return WeightsError(
         f"weights {entry.name!r} are not in the cache, and offline mode (CRYSTAL_OFFLINE=1 or --offline) "
         f"forbids downloading them.\n"
-        f"  download them elsewhere from: {entry.file}  (sha256 {entry.sha256}{size})\n"
+        f"  download them elsewhere from: {entry.file}  ({digest}{size})\n"
         f"  and put the file at:          {target}\n"
-        f"  or run:                       crystal weights import FILE --name {entry.name}"
+        f"  or run:                       crystal weights import{trust} FILE --name {entry.name}"
     )
 
 
-def _check_file(entry: WeightsManifest, path: Path, what: str) -> None:
-    """Size and sha256 of ``path`` against ``entry``; a mismatch deletes ``path`` and raises."""
+def _pickle_error(entry: WeightsManifest, source: Path) -> WeightsError:
+    package = (entry.converter or "").split(".", 1)[0]
+    return WeightsError(
+        f"weights {entry.name!r}: {source} is a pickled module (format 'pickled-module'); crystal never "
+        "unpickles it on its own, because unpickling runs code from the file.\n"
+        f"  convert it once, in an environment where the reference package is installed (and {package}):\n"
+        f"      crystal weights import --trust-pickle {source} --name {entry.name}\n"
+        f"  this writes the weights-only file {converted_path(entry)}, which loaders then use"
+    )
+
+
+def _check_file(entry: WeightsManifest, path: Path, what: str, expected: str | None = None) -> str:
+    """Size and sha256 of ``path`` against ``entry`` (``expected``: a pinned digest for an
+    unpinned entry, None to accept any); a mismatch deletes ``path`` and raises. Returns the sha256."""
     got_size = path.stat().st_size
     if entry.size is not None and got_size != entry.size:
         path.unlink(missing_ok=True)
@@ -189,11 +257,11 @@ def _check_file(entry: WeightsManifest, path: Path, what: str) -> None:
             f"weights {entry.name!r}: {what} has {got_size} bytes, expected {entry.size}; the file was deleted"
         )
     got = sha256sum(path)
-    if got != entry.sha256:
+    want = entry.sha256 or expected
+    if want is not None and got != want:
         path.unlink(missing_ok=True)
-        raise WeightsError(
-            f"weights {entry.name!r}: {what} has sha256 {got}, expected {entry.sha256}; the file was deleted"
-        )
+        raise WeightsError(f"weights {entry.name!r}: {what} has sha256 {got}, expected {want}; the file was deleted")
+    return got
 
 
 def _download(entry: WeightsManifest, target: Path, progress: ProgressCallback | None, *, _retry: bool = True) -> None:
@@ -239,8 +307,16 @@ def _download(entry: WeightsManifest, target: Path, progress: ProgressCallback |
         except (OSError, ValueError) as exc:
             kept = f"; {part} is kept and the next download resumes it" if part.is_file() else ""
             raise WeightsError(f"weights {entry.name!r}: download of {url} failed: {exc}{kept}") from None
-    _check_file(entry, part, f"the download of {url}")
+    pinned = expected_sha256(entry, target)
+    digest = _check_file(entry, part, f"the download of {url}", pinned)
     os.replace(part, target)
+    if pinned is None:
+        _write_pin(target, digest)
+        warnings.warn(
+            f"weights {entry.name!r}: the authors publish no sha256; pinned {digest} at this first download "
+            f"({_pin_path(target)})",
+            stacklevel=3,
+        )
 
 
 def download_weights(
@@ -263,12 +339,16 @@ def download_weights(
         return resolve_weights(entry)[0]
     target = cached_path(entry)
     if target.is_file() and not force:
+        expected = expected_sha256(entry, target)
+        if expected is None:  # put there by hand before any download: pin it now
+            _write_pin(target, sha256sum(target))
+            return target
         st = target.stat()
-        if _verified(str(target), st.st_mtime_ns, st.st_size, entry.sha256):
+        if _verified(str(target), st.st_mtime_ns, st.st_size, expected):
             return target
         if offline if offline is not None else is_offline():
             raise WeightsError(
-                f"weights {entry.name!r}: sha256 of {target} is {sha256sum(target)}, expected {entry.sha256}; "
+                f"weights {entry.name!r}: sha256 of {target} is {sha256sum(target)}, expected {expected}; "
                 "delete it and download again (offline mode forbids it now)"
             )
         target.unlink()
@@ -290,22 +370,31 @@ class WeightsStatus:
     downloaded; ``missing``: a package resource or local path that is absent."""
     path: Path | None
     """The local file (for remote weights: the cache path, whether or not it exists)."""
+    converted: bool | None = None
+    """For a ``pickled-module`` entry: whether its weights-only conversion exists (None otherwise)."""
 
     @property
     def present(self) -> bool:
         """Whether the file is on disk."""
         return self.where in ("package", "local", "cached")
 
+    @property
+    def usable(self) -> bool:
+        """Whether a loader can use the weights now (present, and converted where needed)."""
+        return self.present and self.converted is not False
+
 
 def _status(entry: WeightsManifest, dist: str | None) -> WeightsStatus:
+    converted = converted_path(entry).is_file() if entry.format == "pickled-module" else None
     if entry.remote:
         target = cached_path(entry)
-        return WeightsStatus(entry.name, dist, entry, "cached" if target.is_file() else "remote", target)
+        where: Literal["cached", "remote"] = "cached" if target.is_file() else "remote"
+        return WeightsStatus(entry.name, dist, entry, where, target, converted)
     kind: Literal["package", "local"] = "package" if entry.file.startswith("package:") else "local"
     try:
-        return WeightsStatus(entry.name, dist, entry, kind, _locate(entry))
+        return WeightsStatus(entry.name, dist, entry, kind, _locate(entry), converted)
     except WeightsError:
-        return WeightsStatus(entry.name, dist, entry, "missing", None)
+        return WeightsStatus(entry.name, dist, entry, "missing", None, converted)
 
 
 def weights_status(names: Iterable[str | WeightsManifest] | None = None) -> list[WeightsStatus]:
@@ -328,7 +417,8 @@ class WeightsCheck:
     path: Path | None
     ok: bool | None
     """True: sha256 (and size) match; False: mismatch; None: no file present to check."""
-    expected: str
+    expected: str | None
+    """The registry's sha256 (or the one pinned at first download; None: not pinned yet)."""
     actual: str | None
 
 
@@ -342,8 +432,10 @@ def verify_weights(names: Iterable[str | WeightsManifest] | None = None) -> list
             out.append(WeightsCheck(entry.name, status.path, None, entry.sha256, None))
             continue
         actual = sha256sum(status.path)
+        expected = expected_sha256(entry, status.path)
         size_ok = entry.size is None or status.path.stat().st_size == entry.size
-        out.append(WeightsCheck(entry.name, status.path, actual == entry.sha256 and size_ok, entry.sha256, actual))
+        ok = (expected is None or actual == expected) and size_ok
+        out.append(WeightsCheck(entry.name, status.path, ok, expected, actual))
     return out
 
 
@@ -352,12 +444,20 @@ def import_weights(
     name: str | WeightsManifest | None = None,
     *,
     candidates: Iterable[WeightsManifest] | None = None,
+    trust_pickle: bool = False,
 ) -> tuple[WeightsManifest, Path]:
     """Copy a weights file obtained elsewhere into the cache, after checking its sha256.
 
     ``name`` names the entry (a mismatch is refused); without it the entry is found by the
-    file's sha256 among ``candidates`` (default: every registered entry). Returns
-    ``(entry, cache path)``. The copy is atomic and readable under the user's umask.
+    file's sha256 among ``candidates`` (default: every registered entry). The copy is atomic
+    and readable under the user's umask. Returns ``(entry, path)``: the cached file, or, for a
+    ``pickled-module`` entry imported with ``trust_pickle=True``, its weights-only conversion.
+
+    ``trust_pickle`` is the one place crystal unpickles a file: only a ``pickled-module`` entry
+    whose sha256 matches the registry (or, for an unpinned entry, the file named with ``name``),
+    and only in an environment where the package that defines the pickled classes is installed.
+    The entry's ``converter`` turns the object into a weights-only payload, written to
+    :func:`converted_path` (verified to load with ``weights_only=True``).
     """
     source = Path(file).expanduser()
     if not source.is_file():
@@ -365,9 +465,10 @@ def import_weights(
     digest = sha256sum(source)
     if name is not None:
         entry = _entry(name)
-        if digest != entry.sha256:
+        expected = expected_sha256(entry, cached_path(entry)) if entry.remote else entry.sha256
+        if expected is not None and digest != expected:
             raise WeightsError(
-                f"cannot import {source} as weights {entry.name!r}: its sha256 is {digest}, expected {entry.sha256}"
+                f"cannot import {source} as weights {entry.name!r}: its sha256 is {digest}, expected {expected}"
             )
     else:
         pool = list(candidates) if candidates is not None else [e for _d, e in list_weights().values()]
@@ -378,7 +479,11 @@ def import_weights(
                 "(give --name to see the expected digest)"
             )
         entry = found[0]
-    if not entry.remote:
+    if trust_pickle and entry.format != "pickled-module":
+        raise WeightsError(
+            f"weights {entry.name!r} are weights-only; --trust-pickle is only for 'pickled-module' entries"
+        )
+    if not entry.remote and entry.format != "pickled-module":
         raise WeightsError(
             f"weights {entry.name!r} are not downloaded ({entry.file}); there is nothing to import into the cache"
         )
@@ -386,41 +491,148 @@ def import_weights(
         raise WeightsError(
             f"cannot import {source} as weights {entry.name!r}: {source.stat().st_size} bytes, expected {entry.size}"
         )
-    target = cached_path(entry)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    try:
-        shutil.copyfile(source, part)  # a new file: mode 0o666 & ~umask
-        _check_file(entry, part, f"the copy of {source}")
-        os.replace(part, target)
-    except OSError as exc:
-        part.unlink(missing_ok=True)
-        raise WeightsError(f"cannot import {source} into {target}: {exc}") from None
+    target = cached_path(entry) if entry.remote else _locate(entry)
+    if entry.remote and source.resolve() != target.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        try:
+            shutil.copyfile(source, part)  # a new file: mode 0o666 & ~umask
+            _check_file(entry, part, f"the copy of {source}", digest)
+            os.replace(part, target)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise WeightsError(f"cannot import {source} into {target}: {exc}") from None
+    if entry.remote and entry.sha256 is None and expected_sha256(entry, target) is None:
+        _write_pin(target, digest)
+    if trust_pickle:
+        return entry, _convert_pickled(entry, target, digest)
     return entry, target
 
 
-def resolve_weights(name_or_entry: str | WeightsManifest) -> tuple[Path, WeightsManifest]:
-    """Locate the weights file and verify its sha256; returns ``(path, entry)``."""
-    entry = _entry(name_or_entry)
-    path = _locate(entry)
-    st = path.stat()
-    if not _verified(str(path), st.st_mtime_ns, st.st_size, entry.sha256):
+CONVERTED_FORMAT = "crystal-converted-weights"
+
+
+def _convert_pickled(entry: WeightsManifest, source: Path, digest: str) -> Path:
+    """Unpickle ``source`` (trusted by the caller), run the entry's converter, write the weights-only payload."""
+    import importlib
+
+    import torch
+
+    assert entry.converter is not None  # guaranteed by WeightsManifest
+    module_name, _, func_name = entry.converter.partition(":")
+    warnings.warn(
+        f"UNPICKLING {source} for weights {entry.name!r} (sha256 {digest}): this runs code from the file; "
+        "it is done once, on request (--trust-pickle), to convert it to a weights-only file",
+        stacklevel=3,
+    )
+    try:
+        converter = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise WeightsError(f"weights {entry.name!r}: converter {entry.converter!r} cannot be imported: {exc}") from None
+    try:
+        obj = torch.load(source, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as exc:
         raise WeightsError(
-            f"weights {entry.name!r}: sha256 of {path} is {sha256sum(path)}, expected {entry.sha256} "
+            f"weights {entry.name!r}: unpickling {source} needs the package that defines its classes "
+            f"({exc.name!r} is not installed); run the import in an environment with the reference package"
+        ) from None
+    except Exception as exc:
+        raise WeightsError(f"weights {entry.name!r}: cannot unpickle {source}: {exc}") from None
+    try:
+        payload = converter(obj)
+    except Exception as exc:
+        raise WeightsError(f"weights {entry.name!r}: converter {entry.converter!r} failed on {source}: {exc}") from exc
+    out = converted_path(entry)
+    record = {
+        "format": CONVERTED_FORMAT,
+        "format_version": 1,
+        "weights": entry.name,
+        "source_sha256": digest,
+        "converter": entry.converter,
+        "payload": payload,
+    }
+    converted_digest = save_checkpoint(record, out)
+    try:
+        torch.load(out, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        out.unlink(missing_ok=True)
+        raise WeightsError(
+            f"weights {entry.name!r}: converter {entry.converter!r} returned a payload that is not weights-only "
+            f"(tensors, str, numbers, lists, dicts): {exc}"
+        ) from None
+    _write_pin(out, converted_digest)
+    return out
+
+
+def _resolve_converted(entry: WeightsManifest) -> Path:
+    """The verified weights-only conversion of a ``pickled-module`` entry, or a clear error."""
+    out = converted_path(entry)
+    if not out.is_file():
+        source = cached_path(entry) if entry.remote else _locate(entry)
+        if entry.remote and not source.is_file():
+            if is_offline():
+                raise _offline_error(entry, source)
+            source = download_weights(entry)
+        raise _pickle_error(entry, source)
+    pinned = _read_pin(out)
+    st = out.stat()
+    if pinned is None or not _verified(str(out), st.st_mtime_ns, st.st_size, pinned):
+        raise WeightsError(
+            f"weights {entry.name!r}: the converted file {out} does not match its recorded sha256 "
+            f"({_pin_path(out)}); delete it and convert again (crystal weights import --trust-pickle)"
+        )
+    return out
+
+
+def _read_pin(path: Path) -> str | None:
+    try:
+        return _pin_path(path).read_text(encoding="utf-8").split()[0]
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def resolve_weights(name_or_entry: str | WeightsManifest) -> tuple[Path, WeightsManifest]:
+    """Locate the weights file (downloading a remote one unless offline) and verify its sha256;
+    returns ``(path, entry)``. For a ``pickled-module`` entry the path is its weights-only
+    conversion (see :func:`import_weights`); without one this raises, saying how to convert."""
+    entry = _entry(name_or_entry)
+    if entry.format == "pickled-module":
+        return _resolve_converted(entry), entry
+    path = _locate(entry)
+    expected = expected_sha256(entry, path)
+    if expected is None:  # an unpinned file put into the cache by hand: pin it at first use
+        _write_pin(path, sha256sum(path))
+        return path, entry
+    st = path.stat()
+    if not _verified(str(path), st.st_mtime_ns, st.st_size, expected):
+        raise WeightsError(
+            f"weights {entry.name!r}: sha256 of {path} is {sha256sum(path)}, expected {expected} "
             "(corrupted or replaced file)"
         )
     return path, entry
 
 
 def load_state_dict(name_or_entry: str | WeightsManifest, map_location: str | torch.device = "cpu") -> Any:
-    """Verify and load weights with ``torch.load(..., weights_only=True)``."""
+    """Verify and load weights with ``torch.load(..., weights_only=True)``; for a
+    ``pickled-module`` entry, the payload its converter produced."""
     import torch
 
     path, entry = resolve_weights(name_or_entry)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors are deliberately not trusted
         raise WeightsError(f"weights {entry.name!r}: {path} is not a weights-only checkpoint: {exc}") from None
+    if entry.format == "pickled-module":
+        if not isinstance(obj, dict) or obj.get("format") != CONVERTED_FORMAT:
+            raise WeightsError(f"weights {entry.name!r}: {path} is not a crystal conversion ({CONVERTED_FORMAT})")
+        source_sha = entry.sha256 or (expected_sha256(entry) if entry.remote else None)
+        if source_sha is not None and obj.get("source_sha256") != source_sha:
+            raise WeightsError(
+                f"weights {entry.name!r}: {path} was converted from a file with sha256 {obj.get('source_sha256')}, "
+                f"not {source_sha}; convert again (crystal weights import --trust-pickle)"
+            )
+        return obj["payload"]
+    return obj
 
 
 def save_checkpoint(payload: Any, path: str | os.PathLike[str]) -> str:
