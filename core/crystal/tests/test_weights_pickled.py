@@ -58,7 +58,7 @@ def test_pickled_module_is_never_unpickled_without_trust(tmp_path):
     assert str(converted_path(entry)) in msg
     with pytest.raises(WeightsError, match="pickled module"):
         load_state_dict(entry)
-    got, path = import_weights(tmp_path / "evil.model", entry)  # plain import copies only
+    _, path = import_weights(tmp_path / "evil.model", entry)  # plain import copies only
     assert path == cached_path(entry)
     [status] = weights_status([entry])
     assert status.present and status.converted is False and not status.usable
@@ -69,7 +69,7 @@ def test_trust_pickle_converts_once_to_weights_only(tmp_path):
     net = TinyNet(4)
     entry = _pickled(tmp_path / "tiny.model", net)
     with pytest.warns(UserWarning, match="UNPICKLING"):
-        got, path = import_weights(tmp_path / "tiny.model", entry, trust_pickle=True)
+        _, path = import_weights(tmp_path / "tiny.model", entry, trust_pickle=True)
     assert path == converted_path(entry) and path.is_file()
     torch.load(path, weights_only=True)  # the conversion is weights-only
     payload = load_state_dict(entry)
@@ -86,7 +86,7 @@ def test_trust_pickle_converts_once_to_weights_only(tmp_path):
 
 def test_tampered_conversion_is_refused(tmp_path):
     entry = _pickled(tmp_path / "tiny.model", TinyNet())
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="UNPICKLING"):
         import_weights(tmp_path / "tiny.model", entry, trust_pickle=True)
     torch.save({"format": "crystal-converted-weights", "payload": {}}, converted_path(entry))
     with pytest.raises(WeightsError, match="does not match its recorded sha256"):
@@ -100,7 +100,7 @@ def test_trust_pickle_refuses_wrong_files_and_bad_converters(tmp_path):
     with pytest.raises(WeightsError, match="expected"):
         import_weights(other, entry, trust_pickle=True)  # sha256 must match before anything is unpickled
     bad = _pickled(tmp_path / "bad.model", TinyNet(), converter="_pickled_support:not_weights_only")
-    with pytest.warns(UserWarning), pytest.raises(WeightsError, match="not weights-only"):
+    with pytest.warns(UserWarning, match="UNPICKLING"), pytest.raises(WeightsError, match="not weights-only"):
         import_weights(tmp_path / "bad.model", bad, trust_pickle=True)
     assert not converted_path(bad).exists()
     plain = WeightsManifest(
@@ -144,13 +144,13 @@ class _Server:
         self.data = data
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(handler) -> None:  # noqa: N805
+            def do_GET(handler) -> None:
                 handler.send_response(200)
                 handler.send_header("Content-Length", str(len(self.data)))
                 handler.end_headers()
                 handler.wfile.write(self.data)
 
-            def log_message(handler, *args: object) -> None:  # noqa: N805
+            def log_message(handler, *args: object) -> None:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -191,7 +191,7 @@ def test_unpinned_import_needs_a_name_and_pins(tmp_path):
     src.write_bytes(b"abc")
     with pytest.raises(WeightsError, match="matches no registered"):
         import_weights(src, candidates=[entry])
-    got, path = import_weights(src, entry)
+    import_weights(src, entry)
     assert expected_sha256(entry) == hashlib.sha256(b"abc").hexdigest()
     src.write_bytes(b"abd")
     with pytest.raises(WeightsError, match="expected"):
