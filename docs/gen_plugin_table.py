@@ -1,7 +1,8 @@
-"""Generate the README's plugin table from registry.toml and the plugins' static manifests.
+"""Generate the README's plugin table and released-models table from registry.toml and the
+plugins' static manifests.
 
-    python docs/gen_plugin_table.py          # print the table
-    python docs/gen_plugin_table.py --write  # replace it in README.md between the markers
+    python docs/gen_plugin_table.py          # print the tables
+    python docs/gen_plugin_table.py --write  # replace them in README.md between the markers
 
 registry.toml keeps what only the catalogue knows (distribution, folder, status); each row's
 kind, name, weights and description come from the distribution's ``crystal_plugin.toml``
@@ -19,6 +20,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN = "<!-- plugin-table:begin (generated from registry.toml by docs/gen_plugin_table.py) -->"
 END = "<!-- plugin-table:end -->"
+RELEASED_BEGIN = "<!-- released-models:begin (generated from the manifests by docs/gen_plugin_table.py) -->"
+RELEASED_END = "<!-- released-models:end -->"
+REMOTE = ("http://", "https://", "file://")
 
 
 def registry() -> list[dict[str, Any]]:
@@ -39,13 +43,15 @@ def rows() -> list[dict[str, Any]]:
     out = []
     for plugin in registry():
         manifest = tomllib.loads(manifest_path(plugin["path"]).read_text(encoding="utf-8"))
+        released = {w["name"] for w in manifest.get("weights", []) if w["file"].startswith(REMOTE)}
         for comp in manifest.get("components", []):
             out.append(
                 {
                     **plugin,
                     "kind": comp["kind"],
                     "name": comp["name"],
-                    "weights": list(comp.get("weights", [])),
+                    "weights": [w for w in comp.get("weights", []) if w not in released],
+                    "released": [w for w in comp.get("weights", []) if w in released],
                     "description": manifest["plugin"]["description"],
                 }
             )
@@ -59,6 +65,8 @@ def table() -> str:
     ]
     for p in rows():
         weights = ", ".join(f"`{w}`" for w in p["weights"]) or "–"
+        if p["released"]:
+            weights += f" + {len(p['released'])} released ([below](#released-models))"
         lines.append(
             f"| [`{p['name']}`]({p['path']}/README.md) | {p['kind']} | `{p['distribution']}` | {weights} "
             f"| {p['status']} | {p['description']} |"
@@ -66,9 +74,50 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def released_rows() -> list[dict[str, Any]]:
+    """Every remote (released) weights entry of every catalogued distribution."""
+    out = []
+    for plugin in registry():
+        manifest = tomllib.loads(manifest_path(plugin["path"]).read_text(encoding="utf-8"))
+        for w in manifest.get("weights", []):
+            if w["file"].startswith(REMOTE):
+                out.append({**w, "plugin": plugin["distribution"], "path": plugin["path"]})
+    return sorted(out, key=lambda r: (r["plugin"], r["name"]))
+
+
+def released_table() -> str:
+    lines = [
+        "| weights | plugin | source (the authors' release) | size | sha256 | licence | citation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for w in released_rows():
+        host = w["file"].split("/")[2] if "://" in w["file"] else w["file"]
+        digest = f"`{w['sha256'][:12]}…`" if w.get("sha256") else "pinned at first download"
+        pickled = " (pickled module: `--trust-pickle`)" if w.get("format") == "pickled-module" else ""
+        lines.append(
+            f"| `{w['name']}` | [`{w['plugin']}`]({w['path']}/README.md) | [{host}]({w['file']}){pickled} "
+            f"| {_size(w.get('size'))} | {digest} | {w['licence']} | {w.get('citation') or '–'} |"
+        )
+    return "\n".join(lines)
+
+
+def _replace(text: str, begin: str, end: str, body: str) -> str:
+    start, stop = text.index(begin) + len(begin), text.index(end)
+    return text[:start] + "\n" + body + "\n" + text[stop:]
+
+
 def render(readme: str) -> str:
-    start, end = readme.index(BEGIN) + len(BEGIN), readme.index(END)
-    return readme[:start] + "\n" + table() + "\n" + readme[end:]
+    readme = _replace(readme, BEGIN, END, table())
+    return _replace(readme, RELEASED_BEGIN, RELEASED_END, released_table())
 
 
 if __name__ == "__main__":
@@ -77,3 +126,5 @@ if __name__ == "__main__":
         path.write_text(render(path.read_text(encoding="utf-8")), encoding="utf-8")
     else:
         print(table())
+        print()
+        print(released_table())
