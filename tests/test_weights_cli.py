@@ -157,3 +157,9 @@ converter = "_pickled_support:to_payload"
     assert main(["weights", "list", "--json"]) == 0
     [row] = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "fake-pickled"]
     assert row["converted"] is True and row["usable"] is True and row["format"] == "pickled-module"
+
+
+def test_unknown_weights_name_is_a_usage_error(remote, capsys):
+    assert main(["weights", "info", "fake-remot"]) == 2
+    assert "did you mean 'fake-remote'" in capsys.readouterr().err
+    assert main(["weights", "download", "nope"]) == 2

@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "PluginLoadError": "crystal.errors",
     "PluginNotFoundError": "crystal.errors",
     "StructureError": "crystal.errors",
+    "UnknownWeightsError": "crystal.errors",
     "WeightsError": "crystal.errors",
 }
 
@@ -105,6 +106,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         PluginLoadError as PluginLoadError,
         PluginNotFoundError as PluginNotFoundError,
         StructureError as StructureError,
+        UnknownWeightsError as UnknownWeightsError,
         WeightsError as WeightsError,
     )
     from crystal.hookspecs import hookimpl as hookimpl

@@ -15,6 +15,7 @@ __all__ = [
     "PluginLoadError",
     "PluginNotFoundError",
     "StructureError",
+    "UnknownWeightsError",
     "WeightsError",
 ]
 
@@ -57,3 +58,7 @@ class DuplicatePluginError(PluginError):
 
 class WeightsError(CrystalError):
     """Named weights are unknown, missing, or fail their sha256 checksum."""
+
+
+class UnknownWeightsError(WeightsError, ConfigError):
+    """No registered weights have this name (a usage error: the CLI exits 2)."""

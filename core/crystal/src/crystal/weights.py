@@ -48,7 +48,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from crystal.errors import WeightsError
+from crystal.errors import UnknownWeightsError, WeightsError
 from crystal.manifest import NamedWeights, WeightsManifest
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def find_weights(name: str) -> WeightsManifest:
     if name not in every:
         close = difflib.get_close_matches(name, list(every), n=3)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise WeightsError(f"no weights named {name!r}{hint}")
+        raise UnknownWeightsError(f"no weights named {name!r}{hint}")
     return every[name][1]
 
 
