@@ -53,11 +53,16 @@ def test_csv_with_cif_column_reports_bad_rows(tmp_path):
     assert all(f.source == str(path) for f in res.failures)
 
 
-def test_csv_without_cif_column_is_a_config_error(tmp_path):
-    path = tmp_path / "x.csv"
-    path.write_text("id,formula\n1,NaCl\n")
-    with pytest.raises(ConfigError, match="no 'cif' column"):
-        read_structures(path)
+def test_csv_without_cif_column_is_one_failure_row(tmp_path, pmg_structures):
+    """A table of properties next to the CIFs is reported, never aborts the read (issue 13.5)."""
+    (tmp_path / "props.csv").write_text("id,formula\n1,NaCl\n")
+    pmg_structures[0].to(filename=str(tmp_path / "good.cif"))
+    res = read_structures(tmp_path)
+    assert res.ids == ["good"]
+    [failure] = res.failures
+    assert failure.id == "props" and "needs a 'cif' column (columns: id, formula)" in failure.reason
+    with pytest.raises(ConfigError, match="id column 'nope' not found"):
+        read_structures(tmp_path / "props.csv", id_column="nope")
 
 
 def test_bad_files_are_failures_not_crashes(tmp_path):

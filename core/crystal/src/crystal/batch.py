@@ -313,7 +313,13 @@ class CrystalBatch:
                     f"structure {ids[k] if ids else k} has partially occupied sites; "
                     "crystal works on ordered structures (order it first, e.g. OrderDisorderedStructureTransformation)"
                 )
-            zs.append(torch.as_tensor([site.specie.Z for site in s], dtype=torch.long))
+            z = [getattr(site.specie, "Z", 0) for site in s]
+            if any(not 0 < zi <= 118 for zi in z):
+                bad = sorted({str(site.specie) for site, zi in zip(s, z, strict=True) if not 0 < zi <= 118})
+                raise StructureError(
+                    f"structure {ids[k] if ids else k} has unknown element symbol(s) {', '.join(map(repr, bad))}"
+                )
+            zs.append(torch.as_tensor(z, dtype=torch.long))
             fracs.append(torch.tensor(np.asarray(s.frac_coords, dtype=np.float64).reshape(-1, 3), dtype=dtype))
             lats.append(torch.tensor(np.asarray(s.lattice.matrix, dtype=np.float64), dtype=dtype))
             nums.append(len(s))

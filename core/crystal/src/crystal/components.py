@@ -146,7 +146,7 @@ class Component(abc.ABC):
         try:
             return cls.Config.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, f"{cls.kind.singular} {cls.name!r}")) from None
+            raise ConfigError(format_validation_error(exc, f"{cls.kind.singular} {cls.name!r}", cls.Config)) from None
 
     def weights_in_use(self) -> tuple[str, ...]:
         """Named weights this instance uses (recorded with their sha256 in run manifests).

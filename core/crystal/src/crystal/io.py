@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from crystal._files import chmod_like_open
 from crystal.errors import ConfigError, StructureError
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "ReadResult",
     "atomic_write",
     "check_structure",
+    "chmod_like_open",
     "detect_format",
     "expand_paths",
     "json_default",
@@ -167,8 +169,9 @@ def read_structures(
 def read_file(path: Path, fmt: Format | None = None, id_column: str | None = None) -> ReadResult:
     """Read every structure in one file (format ``fmt``, default: by extension).
 
-    Unreadable, empty or unusable entries are recorded as failures (step ``"read"``);
-    a CSV without a ``cif`` column (or without ``id_column``) raises :class:`ConfigError`.
+    Unreadable, empty or unusable entries are recorded as failures (step ``"read"``), and so
+    is a CSV without a ``cif`` column (one row: not a structure file); a CSV without the
+    requested ``id_column`` raises :class:`ConfigError`.
     """
     fmt = fmt or detect_format(path)
     res = ReadResult()
@@ -199,7 +202,7 @@ def check_structure(s: Structure) -> str | None:
     """Why ``s`` cannot be used, or ``None`` when it can.
 
     Rejected: no atoms, NaN/inf coordinates or lattice, a zero-volume cell, partially
-    occupied (disordered) sites.
+    occupied (disordered) sites, unknown element symbols (pymatgen's dummy species).
     """
     import numpy as np
 
@@ -211,7 +214,19 @@ def check_structure(s: Structure) -> str | None:
         return "degenerate lattice (zero volume)"
     if not s.is_ordered:
         return "structure has partially occupied sites (disordered); order it first"
+    unknown = sorted({str(getattr(sp, "symbol", sp)) for sp in s.species if not _is_element(sp)})
+    if unknown:
+        return f"unknown element symbol(s) {', '.join(map(repr, unknown))} (not in the periodic table)"
     return None
+
+
+def _is_element(species: Any) -> bool:
+    """A real chemical element (or an ion of one), not pymatgen's DummySpecies for an unknown symbol."""
+    from pymatgen.core import DummySpecies, Element, Species
+
+    if isinstance(species, DummySpecies):
+        return False
+    return isinstance(species, (Element, Species))
 
 
 def _parse(text: str, path: Path, fmt: Format, id_column: str | None) -> Iterator[tuple[str, Any, str | None]]:
@@ -239,31 +254,97 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]
 
 
+_CELL_KEYS = (
+    "_cell_length_a",
+    "_cell_length_b",
+    "_cell_length_c",
+    "_cell_angle_alpha",
+    "_cell_angle_beta",
+    "_cell_angle_gamma",
+)
+
+
+def _cif_number(value: str) -> float:
+    """A CIF number: ``4.05(2)`` is 4.05 (the standard uncertainty dropped); '?' / '.' are NaN."""
+    text = value.strip().split("(", 1)[0]
+    if text in ("", "?", "."):
+        return float("nan")
+    return float(text)
+
+
+def _cell_problem(block: Any) -> str | None:
+    """Why a CIF block's cell parameters are unusable (zero, negative or NaN), or None."""
+    import math
+
+    bad = []
+    for key in _CELL_KEYS:
+        raw = block.data.get(key)
+        if raw is None:
+            continue  # pymatgen reports missing parameters itself
+        if isinstance(raw, list):
+            raw = raw[0] if raw else "?"
+        try:
+            value = _cif_number(str(raw))
+        except ValueError:
+            bad.append(f"{key} = {raw!r} is not a number")
+            continue
+        if math.isnan(value) or value <= 0 or (key.startswith("_cell_angle") and value >= 180):
+            allowed = "in (0, 180) degrees" if key.startswith("_cell_angle") else "> 0 Å"
+            bad.append(f"{key} = {raw} (must be {allowed})")
+    return "invalid cell: " + "; ".join(bad) if bad else None
+
+
 def parse_cif(text: str, stem: str) -> Iterator[tuple[str, Structure | None, str | None]]:
     """Parse CIF ``text`` into ``(id, structure, None)`` or ``(id, None, reason)`` tuples.
 
-    The id is ``stem`` for a single structure and ``<stem>:<data block>`` for each of
-    several. Malformed text yields one ``(stem, None, reason)``; nothing is raised.
+    The id is ``stem`` for a single data block and ``<stem>:<block name>`` for each of several;
+    every block gets its own tuple (a broken block is its own failure, the others keep their
+    ids). Zero, negative or NaN cell lengths/angles are refused with the value read. Text that
+    is not CIF yields one ``(stem, None, reason)``; nothing is raised.
     """
-    from pymatgen.io.cif import CifParser
+    from pymatgen.io.cif import CifFile, CifParser
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            parser = CifParser(io.StringIO(text))
-            blocks = list(parser._cif.data.keys())
-            structures = parser.parse_structures(primitive=False, on_error="ignore")
+            cif = CifFile.from_str(text)
     except Exception as exc:
-        yield stem, None, f"not a valid CIF: {short_error(exc)}"
+        yield stem, None, f"not a valid CIF: {_human(exc)}"
         return
-    if not structures:
-        yield stem, None, "CIF contains no readable structure"
+    blocks = list(cif.data.items())
+    if not blocks:
+        yield stem, None, "not a valid CIF: no data_ block found"
         return
-    if len(structures) == 1:
-        yield stem, structures[0], None
-        return
-    for k, s in enumerate(structures):
-        yield f"{stem}:{blocks[k] if k < len(blocks) else k}", s, None
+    for name, block in blocks:
+        ident = stem if len(blocks) == 1 else f"{stem}:{name}"
+        problem = _cell_problem(block)
+        if problem:
+            yield ident, None, problem
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                parser = CifParser.from_str(str(block))
+                structures = parser.parse_structures(primitive=False, on_error="raise")
+        except Exception as exc:
+            yield ident, None, f"data block {name!r} has no readable structure: {_human(exc)}"
+            continue
+        if not structures:
+            yield ident, None, f"data block {name!r} has no readable structure (no atom sites or cell)"
+            continue
+        yield ident, structures[0], None
+
+
+def _human(exc: BaseException) -> str:
+    """A reason a person understands for the errors pymatgen raises on malformed input."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, ZeroDivisionError):
+        return "a zero where a number of atoms, a multiplicity or a cell parameter is needed"
+    if "no structures" in text.lower():
+        return "no atom sites, or no cell parameters, could be read"
+    if isinstance(exc, KeyError):
+        return f"required CIF field {text} is missing"
+    return short_error(exc)
 
 
 def _parse_extxyz(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]:
@@ -306,11 +387,12 @@ def _parse_json(text: str, stem: str) -> Iterator[tuple[str, Any, str | None]]:
 def _parse_csv(text: str, stem: str, path: Path, id_column: str | None) -> Iterator[tuple[str, Any, str | None]]:
     reader = csv.DictReader(io.StringIO(text))
     fields = reader.fieldnames or []
-    if "cif" not in fields:
-        raise ConfigError(f"{path}: CSV has no 'cif' column (columns: {', '.join(fields) or 'none'})")
-    id_col = id_column or next((c for c in ("material_id", "id", "cif_id") if c in fields), None)
     if id_column and id_column not in fields:
         raise ConfigError(f"{path}: id column {id_column!r} not found (columns: {', '.join(fields)})")
+    if "cif" not in fields:  # e.g. a table of properties next to the CIFs: one row, not an abort
+        yield stem, None, (f"not a structure file: a CSV needs a 'cif' column (columns: {', '.join(fields) or 'none'})")
+        return
+    id_col = id_column or next((c for c in ("material_id", "id", "cif_id") if c in fields), None)
     for k, row in enumerate(reader):
         ident = str(row[id_col]) if id_col else f"{stem}:{k}"
         cif = row.get("cif") or ""
@@ -329,6 +411,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    chmod_like_open(fd)  # mkstemp makes 0600; results must be readable under the umask
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh

@@ -48,6 +48,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from crystal._files import chmod_like_open
 from crystal.errors import UnknownWeightsError, WeightsError
 from crystal.manifest import NamedWeights, WeightsManifest
 
@@ -163,8 +164,20 @@ def sha256sum(path: Path, chunk: int = 1 << 20) -> str:
 
 
 @lru_cache(maxsize=256)
-def _verified(path: str, mtime_ns: int, size: int, expected: str) -> bool:
+def _verified_cached(path: str, identity: tuple[int, ...], expected: str) -> bool:
     return sha256sum(Path(path)) == expected
+
+
+def _verified(path: Path, expected: str) -> bool:
+    """Whether ``path`` has sha256 ``expected``; hashed once per file version.
+
+    A version is (device, inode, size, mtime, ctime): rewriting a file in place changes its
+    ctime, which no program can set back (``os.utime`` sets only atime/mtime), so a file
+    changed with the same size and a restored mtime is hashed again.
+    """
+    st = path.stat()
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return _verified_cached(str(path), identity, expected)
 
 
 def list_weights() -> dict[str, tuple[str, WeightsManifest]]:
@@ -343,8 +356,7 @@ def download_weights(
         if expected is None:  # put there by hand before any download: pin it now
             _write_pin(target, sha256sum(target))
             return target
-        st = target.stat()
-        if _verified(str(target), st.st_mtime_ns, st.st_size, expected):
+        if _verified(target, expected):
             return target
         if offline if offline is not None else is_offline():
             raise WeightsError(
@@ -575,8 +587,7 @@ def _resolve_converted(entry: WeightsManifest) -> Path:
             source = download_weights(entry)
         raise _pickle_error(entry, source)
     pinned = _read_pin(out)
-    st = out.stat()
-    if pinned is None or not _verified(str(out), st.st_mtime_ns, st.st_size, pinned):
+    if pinned is None or not _verified(out, pinned):
         raise WeightsError(
             f"weights {entry.name!r}: the converted file {out} does not match its recorded sha256 "
             f"({_pin_path(out)}); delete it and convert again (crystal weights import --trust-pickle)"
@@ -603,8 +614,7 @@ def resolve_weights(name_or_entry: str | WeightsManifest) -> tuple[Path, Weights
     if expected is None:  # an unpinned file put into the cache by hand: pin it at first use
         _write_pin(path, sha256sum(path))
         return path, entry
-    st = path.stat()
-    if not _verified(str(path), st.st_mtime_ns, st.st_size, expected):
+    if not _verified(path, expected):
         raise WeightsError(
             f"weights {entry.name!r}: sha256 of {path} is {sha256sum(path)}, expected {expected} "
             "(corrupted or replaced file)"
@@ -643,6 +653,7 @@ def save_checkpoint(payload: Any, path: str | os.PathLike[str]) -> str:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    chmod_like_open(fd)  # mkstemp makes 0600; results must be readable under the umask
     os.close(fd)
     try:
         torch.save(payload, tmp)

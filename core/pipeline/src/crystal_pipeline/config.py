@@ -41,7 +41,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from crystal.config import StrictModel
+from crystal.config import StrictModel, field_hint, tag_values
 from crystal.device import DEVICE_PATTERN
 from crystal.errors import ConfigError
 from crystal.specs import parse_value
@@ -143,9 +143,17 @@ class RelaxStep(_Step):
 
 
 def _error_message(err: Any) -> str:
-    """One pydantic error as text: a validator's own message, without pydantic's "Value error, "."""
+    """One pydantic error as text: a validator's own message, without pydantic's "Value error, ",
+    a did-you-mean for an unknown field, the allowed types for a table without ``type``."""
+    loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
-        msg = "unknown field"
+        msg = "unknown field" + field_hint(PipelineConfig, loc)
+    elif err["type"] == "union_tag_not_found":
+        key = err.get("ctx", {}).get("discriminator", "type").strip("'")
+        allowed = tag_values(PipelineConfig, loc, key)
+        msg = f"no {key!r} given; {key} must be one of: {', '.join(map(repr, allowed))}"
+        if loc and loc[0] == "steps":
+            msg += " (each [[steps]] table needs an id and a type; see docs/pipelines.md)"
     elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
         msg = str(err["ctx"]["error"])
     else:

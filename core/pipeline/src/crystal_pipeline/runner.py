@@ -25,6 +25,7 @@ import hashlib
 import json
 import platform
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -200,12 +201,21 @@ class Pipeline:
         """Run the pipeline into ``run_dir`` (default ``runs/<name>-<timestamp>``)."""
         self.check()
         dev = resolve_device(device or self.config.pipeline.device)
+        fresh = run_dir is None or not Path(run_dir).exists()
         path, started = self._prepare_run_dir(run_dir, resume)
         run = _Run(run_dir=path, resume=resume, dev=dev, listeners=list(listeners))
         run.manifest = self._initial_manifest(run, started)
         _write_json(run.manifest_path, run.manifest)
         try:
             return self._execute(run)
+        except ConfigError as exc:
+            # a configuration error (exit 2: "nothing ran") found while loading components or
+            # reading the source leaves nothing behind; once a step has run, its results stay
+            if fresh and not resume and not run.steps_done:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                run.record_error(exc)
+            raise
         except BaseException as exc:
             run.record_error(exc)
             raise
@@ -279,6 +289,7 @@ class Pipeline:
                 (step,) = stage
                 self._global_stage(run, ctx, k, step)
             run.manifest["timings_s"]["+".join(s.id for s in stage)] = round(time.perf_counter() - t0, 3)
+            run.steps_done += 1
         rows = self._write_outputs(run)
         run.manifest["timings_s"]["total"] = round(time.perf_counter() - t_run, 3)
         return self._finish(run, rows)
@@ -529,6 +540,8 @@ class _Run:
     failures: list[Failure] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    steps_done: int = 0
+    """Stages completed in this process (a configuration error before any leaves nothing behind)."""
 
     @property
     def state(self) -> Path:

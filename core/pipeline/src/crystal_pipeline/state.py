@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from crystal.batch import CrystalBatch
-from crystal.io import Failure, json_default
+from crystal.io import Failure, chmod_like_open, json_default
 
 __all__ = ["Dropped", "StageOutput", "load_checkpoint", "save_checkpoint"]
 
@@ -55,6 +55,7 @@ def save_checkpoint(path: Path, out: StageOutput) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    chmod_like_open(fd)  # mkstemp makes 0600; results must be readable under the umask
     os.close(fd)
     try:
         torch.save(payload, tmp)

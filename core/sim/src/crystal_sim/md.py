@@ -47,7 +47,7 @@ from ase.units import kB as ASE_KB
 from pydantic import Field, ValidationError, model_validator
 
 from crystal.batch import CrystalBatch
-from crystal.config import StrictModel
+from crystal.config import StrictModel, field_hint
 from crystal.errors import ConfigError, StructureError
 
 if TYPE_CHECKING:
@@ -224,7 +224,11 @@ def _validate(config: MDConfig | None, overrides: dict[str, object]) -> MDConfig
     except ValidationError as exc:
         problems = "; ".join(
             (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
-            + ("unknown parameter" if e["type"] == "extra_forbidden" else e["msg"])
+            + (
+                "unknown parameter" + field_hint(MDConfig, tuple(e["loc"]))
+                if e["type"] == "extra_forbidden"
+                else e["msg"]
+            )
             for e in exc.errors()
         )
         raise ConfigError(f"md: {problems}") from None

@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, ValidationError
 
 from crystal.batch import CrystalBatch
-from crystal.config import StrictModel
+from crystal.config import StrictModel, field_hint
 from crystal.errors import ConfigError, StructureError
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def relax(
         cfg = RelaxConfig.model_validate({**(config or RelaxConfig()).model_dump(), **overrides})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {'unknown parameter' if e['type'] == 'extra_forbidden' else e['msg']}"
+            f"{'.'.join(map(str, e['loc']))}: {'unknown parameter' + field_hint(RelaxConfig, tuple(e['loc'])) if e['type'] == 'extra_forbidden' else e['msg']}"
             for e in exc.errors()
         )
         raise ConfigError(f"relax: {problems}") from None

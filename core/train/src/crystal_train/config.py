@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from crystal.config import StrictModel
+from crystal.config import StrictModel, field_hint
 from crystal.errors import ConfigError
 from crystal.specs import parse_value
 from crystal.targets import TargetSpec
@@ -136,7 +136,11 @@ def parse_train_config(data: dict[str, Any], origin: str = "<train>") -> TrainCo
         raise ConfigError(
             "\n".join(
                 f"{origin}: field {'.'.join(str(p) for p in err['loc']) or '<root>'!r}: "
-                + ("unknown field" if err["type"] == "extra_forbidden" else err["msg"])
+                + (
+                    "unknown field" + field_hint(TrainConfig, tuple(err["loc"]))
+                    if err["type"] == "extra_forbidden"
+                    else err["msg"]
+                )
                 for err in exc.errors()
             )
         ) from None

@@ -37,7 +37,7 @@ import torch
 from pydantic import Field, ValidationError, model_validator
 
 from crystal.batch import CrystalBatch
-from crystal.config import StrictModel
+from crystal.config import StrictModel, field_hint
 from crystal.errors import ConfigError, StructureError
 from crystal.io import Failure, atomic_write
 from crystal.targets import TargetSpec
@@ -151,7 +151,11 @@ def parse_potential_config(data: dict[str, Any], origin: str = "<train-potential
         raise ConfigError(
             "\n".join(
                 f"{origin}: field {'.'.join(str(p) for p in err['loc']) or '<root>'!r}: "
-                + ("unknown field" if err["type"] == "extra_forbidden" else err["msg"])
+                + (
+                    "unknown field" + field_hint(PotentialTrainConfig, tuple(err["loc"]))
+                    if err["type"] == "extra_forbidden"
+                    else err["msg"]
+                )
                 for err in exc.errors()
             )
         ) from None
