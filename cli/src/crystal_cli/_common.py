@@ -10,19 +10,38 @@ import typer
 from crystal.errors import ConfigError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``timeout``, ``kill`` and batch schedulers send), handled like Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run_interruptible(p: Any, run_dir: Path | None, listeners: list[Any], **kwargs: Any) -> Any:
-    """Run ``p``; on Ctrl-C say how to resume and exit 130 (checkpoints are kept)."""
+    """Run ``p``; on Ctrl-C or SIGTERM mark the run interrupted, say how to resume, and exit
+    130 (SIGINT) or 143 (SIGTERM). Finished chunks are checkpointed."""
+    import signal
+    import threading
+
+    run_dir = Path(run_dir) if run_dir is not None else p.default_run_dir()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return p.run(run_dir, listeners=listeners, **kwargs)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         for listener in listeners:
             listener.close()  # stop progress bars before printing
-        where = f"--run-dir {run_dir} " if run_dir else "--run-dir <the run directory> "
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         typer.echo(
-            f"interrupted; finished chunks are checkpointed: continue with `crystal run ... {where}--resume`", err=True
+            f"{what}; finished chunks are checkpointed: continue with `crystal run --resume --run-dir {run_dir}`",
+            err=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         for listener in listeners:
             listener.close()
 

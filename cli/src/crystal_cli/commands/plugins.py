@@ -159,6 +159,11 @@ def plugins_check() -> None:
         for p in r.problems:
             typer.echo(f"       {p}")
         bad += not r.ok
+    from crystal.weights import weights_clashes
+
+    for wname, dists in sorted(weights_clashes().items()):
+        typer.echo(f"FAIL weights {wname!r}: declared by {', '.join(dists)} (components using it will fail)")
+        bad += 1
     pm = plugin_manager()
     for name, dist, err in hook_load_errors():
         typer.echo(f"FAIL hooks {name} ({dist}): {err}")

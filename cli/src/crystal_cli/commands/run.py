@@ -55,7 +55,11 @@ def validate(
 @app.command("run")
 def run(
     pipeline: Annotated[
-        Path | None, typer.Argument(help="Pipeline TOML (default: the embedded default discovery pipeline).")
+        Path | None,
+        typer.Argument(
+            help="Pipeline TOML (default: the embedded default discovery pipeline; with --resume: the "
+            "interrupted run's own pipeline, from its manifest)."
+        ),
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a field: STEP.field=value (TOML value).")
@@ -72,7 +76,14 @@ def run(
     """Run a pipeline: source → steps → sinks, into a run directory with a manifest."""
     if resume and run_dir is None:
         raise ConfigError("--resume needs --run-dir DIR (the interrupted run's directory)")
-    p = _load(pipeline, set_ or [])
+    if resume and pipeline is None:  # `crystal run --resume --run-dir DIR`: whatever command started it
+        from crystal_pipeline import Pipeline
+
+        if set_:
+            raise ConfigError("--set cannot change a resumed run (it must run the same pipeline)")
+        p = Pipeline.from_run_dir(run_dir)  # type: ignore[arg-type]  # checked above
+    else:
+        p = _load(pipeline, set_ or [])
     listeners = [] if quiet else [ProgressListener()]
     result = run_interruptible(p, run_dir, listeners, resume=resume, device=device)
     if quiet:

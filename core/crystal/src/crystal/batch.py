@@ -251,15 +251,52 @@ class CrystalBatch:
                     reasons[i] = f"atoms closer than {min_distance} Å (minimum distance {d:.3f} Å)"
         return reasons
 
-    def min_distances(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def min_distances(self, mask: torch.Tensor | None = None, *, max_pairs: int = 100_000) -> torch.Tensor:
         """(K,) shortest interatomic distance per crystal (periodic images included), Å.
 
-        Uses the minimum-image search over the 27 neighbouring cells of the reduced
-        fractional difference, which is exact for the nearest pair whenever that pair is
-        shorter than the cell's smallest face-to-face width; crystals with one atom report
-        the shortest lattice translation.
+        Time and memory grow linearly with the number of atoms. Small crystals (at most 64
+        atoms) are done together, in groups of at most ``max_pairs`` atom pairs, with the
+        minimum-image search over the 27 neighbouring cells of the reduced fractional
+        difference, which is exact for the nearest pair whenever that pair is shorter than the
+        cell's smallest face-to-face width (and crystals with one atom report the shortest
+        lattice translation). Larger crystals use a cell list
+        (:func:`crystal._cell_list.cell_list_pairs`) with a cutoff that starts at 3 Å and
+        doubles until a pair is found.
         """
+        from crystal._cell_list import cell_list_pairs
+
         sub = self if mask is None else self.select(mask)
+        out = torch.full((len(sub),), math.inf, dtype=sub.dtype, device=sub.device)
+        counts = sub.num_atoms.tolist()
+        small = [k for k, n in enumerate(counts) if 0 < n <= 64]
+        group: list[int] = []
+        pairs = 0
+        for k in [*small, -1]:
+            if k >= 0 and (not group or pairs + counts[k] ** 2 <= max_pairs):
+                group.append(k)
+                pairs += counts[k] ** 2
+                continue
+            if group:
+                index = torch.tensor(group, device=sub.device)
+                out[index] = sub.select(index)._min_distances_images()
+            group, pairs = [k], (counts[k] ** 2 if k >= 0 else 0)
+        ptr = sub.ptr.tolist()
+        for k, n in enumerate(counts):
+            if n <= 64:
+                continue
+            frac, lattice = sub.frac_coords[ptr[k] : ptr[k + 1]], sub.lattices[k]
+            cutoff = 3.0
+            while True:
+                _i, _j, d = cell_list_pairs(frac, lattice, cutoff)
+                if d.numel():
+                    out[k] = d.min().to(sub.dtype)
+                    break
+                cutoff *= 2.0  # the shortest lattice translation is an upper bound: this ends
+        return out
+
+    def _min_distances_images(self) -> torch.Tensor:
+        """:meth:`min_distances` for small crystals: every pair, 27 images (O(N²) per crystal)."""
+        sub = self
         # all intra-crystal atom pairs (including i == j for the self-image distance)
         counts = sub.num_atoms
         pair_counts = counts * counts

@@ -74,10 +74,12 @@ __all__ = [
     "merge_checkpoint_config",
     "read_checkpoint",
     "read_component_checkpoint",
+    "refused_pickle_message",
     "resolve_weights",
     "save_checkpoint",
     "sha256sum",
     "verify_weights",
+    "weights_clashes",
     "weights_status",
 ]
 
@@ -180,26 +182,49 @@ def _verified(path: Path, expected: str) -> bool:
     return _verified_cached(str(path), identity, expected)
 
 
-def list_weights() -> dict[str, tuple[str, WeightsManifest]]:
-    """``{weights name: (distribution, entry)}`` over every installed manifest."""
+def _registry() -> tuple[dict[str, tuple[str, WeightsManifest]], dict[str, list[str]]]:
     from crystal.plugins import manifests
 
     out: dict[str, tuple[str, WeightsManifest]] = {}
+    clashes: dict[str, list[str]] = {}
     for dist, (manifest, _error) in manifests().items():
         if manifest is None:
             continue
         for w in manifest.weights:
             if w.name in out and out[w.name][0] != dist:
-                raise WeightsError(f"weights {w.name!r} are declared by both {out[w.name][0]} and {dist}")
+                clashes.setdefault(w.name, [out[w.name][0]]).append(dist)
+                continue
             out[w.name] = (dist, w)
-    return out
+    for name in clashes:
+        del out[name]
+    return out, clashes
+
+
+def list_weights() -> dict[str, tuple[str, WeightsManifest]]:
+    """``{weights name: (distribution, entry)}`` over every installed manifest.
+
+    A name declared by two distributions is left out (see :func:`weights_clashes`): only the
+    components that use it fail, with an error naming both; everything else works.
+    """
+    return _registry()[0]
+
+
+def weights_clashes() -> dict[str, list[str]]:
+    """``{weights name: [distributions]}`` for names declared by more than one distribution."""
+    return _registry()[1]
 
 
 def find_weights(name: str) -> WeightsManifest:
-    """The registry entry of ``name``; unknown names raise with a did-you-mean."""
+    """The registry entry of ``name``; unknown names raise with a did-you-mean, a name two
+    distributions declare raises naming both."""
     import difflib
 
-    every = list_weights()
+    every, clashes = _registry()
+    if name in clashes:
+        raise WeightsError(
+            f"weights {name!r} are declared by more than one distribution ({', '.join(clashes[name])}); "
+            "crystal cannot tell which file is meant: uninstall or rename one of them"
+        )
     if name not in every:
         close = difflib.get_close_matches(name, list(every), n=3)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
@@ -622,6 +647,33 @@ def resolve_weights(name_or_entry: str | WeightsManifest) -> tuple[Path, Weights
     return path, entry
 
 
+def refused_pickle_message(path: str | os.PathLike[str], exc: BaseException) -> str:
+    """One line for a file ``torch.load(weights_only=True)`` refused: the file, what it holds,
+    and what to do safely (torch's own text ends by advising ``weights_only=False``)."""
+    import re
+
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: ([\w.]+)", text)
+    if found:
+        what = f"it holds the Python object {found.group(1)!r}"
+    elif "Unsupported operand" in text or "invalid load key" in text:
+        what = "it is not a PyTorch checkpoint (corrupted, truncated or another format)"
+    else:
+        what = "it is not weights-only"
+    if "Weights only load failed" not in text and "weights_only" not in text:
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return f"{path}: not a readable checkpoint ({first[:200]})"
+    return (
+        (
+            f"{path}: refused to load: {what}, and unpickling it would run code from the file. crystal loads "
+            "weights-only checkpoints only; a reference package's pickled model can be converted once with "
+            "`crystal weights import --trust-pickle FILE` where that package is installed"
+        )
+        if found
+        else f"{path}: refused to load: {what}"
+    )
+
+
 def load_state_dict(name_or_entry: str | WeightsManifest, map_location: str | torch.device = "cpu") -> Any:
     """Verify and load weights with ``torch.load(..., weights_only=True)``; for a
     ``pickled-module`` entry, the payload its converter produced."""
@@ -631,7 +683,7 @@ def load_state_dict(name_or_entry: str | WeightsManifest, map_location: str | to
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # unpickling errors are deliberately not trusted
-        raise WeightsError(f"weights {entry.name!r}: {path} is not a weights-only checkpoint: {exc}") from None
+        raise WeightsError(f"weights {entry.name!r}: {refused_pickle_message(path, exc)}") from None
     if entry.format == "pickled-module":
         if not isinstance(obj, dict) or obj.get("format") != CONVERTED_FORMAT:
             raise WeightsError(f"weights {entry.name!r}: {path} is not a crystal conversion ({CONVERTED_FORMAT})")
@@ -695,7 +747,7 @@ def read_checkpoint(
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors are deliberately not trusted
-        raise WeightsError(f"{who}: cannot load checkpoint {str(file)!r} (weights-only): {exc}") from None
+        raise WeightsError(f"{who}: {refused_pickle_message(file, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != format:
         raise WeightsError(f"{who}: {str(file)!r} is not a crystal {kind} checkpoint (no format={format!r})")
     if int(ckpt.get("format_version", 0)) > version:

@@ -39,7 +39,7 @@ import torch
 from crystal.batch import CrystalBatch
 from crystal.components import Component, GenerationConditions, Generator
 from crystal.device import resolve_device
-from crystal.errors import ConfigError, CrystalError, PluginError
+from crystal.errors import ConfigError, CrystalError, PluginError, WeightsError
 from crystal.events import EventKind, PipelineEvent
 from crystal.io import Failure, atomic_write, read_structures, write_structures
 from crystal_pipeline.config import (
@@ -54,7 +54,14 @@ from crystal_pipeline.config import (
     parse_pipeline_config,
 )
 from crystal_pipeline.state import Dropped, StageOutput, load_checkpoint, save_checkpoint
-from crystal_pipeline.steps import StepContext, run_global_step, run_map_step
+from crystal_pipeline.steps import (
+    StepContext,
+    free_memory,
+    is_out_of_memory,
+    out_of_memory_reason,
+    run_global_step,
+    run_map_step,
+)
 
 __all__ = ["Pipeline", "RunResult", "load_pipeline", "run_pipeline"]
 
@@ -112,6 +119,26 @@ class Pipeline:
         data = apply_overrides(data, overrides or [])
         return cls(parse_pipeline_config(data), base_dir=base_dir)
 
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path) -> Pipeline:
+        """The pipeline an interrupted run in ``run_dir`` ran (from its manifest: config, origin,
+        base directory), so that ``Pipeline.from_run_dir(d).run(d, resume=True)`` continues it."""
+        manifest_path = Path(run_dir) / "manifest.json"
+        if not manifest_path.is_file():
+            raise ConfigError(f"{run_dir}: nothing to resume (no manifest.json)")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            data, origin = manifest["config"], str(manifest.get("origin", "<pipeline>"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{manifest_path}: not a crystal run manifest ({exc})") from None
+        base = manifest.get("base_dir")
+        return cls(parse_pipeline_config(data, origin), origin=origin, base_dir=Path(base) if base else None)
+
+    def default_run_dir(self) -> Path:
+        """``runs/<name>-<timestamp>``: where :meth:`run` writes when given no directory."""
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        return Path("runs") / f"{self.config.pipeline.name}-{stamp}"
+
     # ------------------------------------------------------------------ checking
     def _components_needed(self) -> list[tuple[str, str, str, dict[str, Any]]]:
         """``(step id, kind, name, config)`` of every component the pipeline uses."""
@@ -141,10 +168,18 @@ class Pipeline:
             where = f"{self.origin}: " + ("source" if step_id == "source" else f"step {step_id!r}")
             try:
                 cls = load_class(kind, name)
-                cls.make_config(cfg)
+                made = cls.make_config(cfg)
             except (PluginError, ConfigError) as exc:
                 problems.append(f"{where}: {exc}")
                 continue
+            weights = getattr(made, "weights", None)
+            if isinstance(weights, str):  # named weights must resolve to one registry entry (no download here)
+                from crystal.weights import find_weights
+
+                try:
+                    find_weights(weights)
+                except WeightsError as exc:
+                    problems.append(f"{where}: field 'config.weights': {exc}")
             if kind == "characterizer":
                 step = next(s for s in self.config.steps if s.id == step_id)
                 rep_name = getattr(step, "representation", None) or cls.consumes
@@ -223,10 +258,7 @@ class Pipeline:
     def _prepare_run_dir(self, run_dir: str | Path | None, resume: bool) -> tuple[Path, str | None]:
         """The run directory, created, and when the run started: now, or for ``resume`` the
         interrupted run's start (its manifest must exist and carry this config's hash)."""
-        if run_dir is None:
-            stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = Path("runs") / f"{self.config.pipeline.name}-{stamp}"
-        run_dir = Path(run_dir)
+        run_dir = Path(run_dir) if run_dir is not None else self.default_run_dir()
         manifest_path = run_dir / "manifest.json"
         started: str | None
         if resume:
@@ -255,6 +287,7 @@ class Pipeline:
             "crystal_version": _version("crystal-core"),
             "pipeline": cfg.pipeline.name,
             "origin": self.origin,
+            "base_dir": str(self.base_dir.resolve()),
             "config": cfg.model_dump(mode="json"),
             "config_sha256": _config_hash(cfg),
             "seed": cfg.pipeline.seed,
@@ -459,7 +492,7 @@ class Pipeline:
             new_ids.append(i if n == 0 else f"{i}#{n}")
         batch.ids = new_ids
         batch = batch.to(dev)
-        reasons = batch.validate(meta.min_distance)
+        reasons = _validate_in_chunks(batch, meta.min_distance, meta.chunk_size)
         keep = torch.tensor([r is None for r in reasons], dtype=torch.bool, device=dev)
         failures += [
             Failure(i, "source", r, str(inf.get("source", "")))
@@ -607,6 +640,26 @@ def _run_chunk(stage: list[Any], chunk: CrystalBatch, ctx: StepContext, index: i
 
 def _fmt(v: Any) -> Any:
     return round(v, 6) if isinstance(v, float) else v
+
+
+def _validate_in_chunks(batch: CrystalBatch, min_distance: float, chunk_size: int) -> list[str | None]:
+    """:meth:`CrystalBatch.validate` chunk by chunk; a chunk that runs out of memory is split
+    until the crystal responsible is alone, and that crystal alone fails."""
+
+    def check(sub: CrystalBatch) -> list[str | None]:
+        try:
+            return sub.validate(min_distance)
+        except (MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            free_memory()
+            if len(sub) == 1:
+                return [out_of_memory_reason(exc, sub, "the input check")]
+            idx = torch.arange(len(sub), device=sub.device)
+            half = len(sub) // 2
+            return check(sub.select(idx[:half])) + check(sub.select(idx[half:]))
+
+    return [r for part in batch.split(max(1, chunk_size)) for r in check(part)]
 
 
 def _weights_record(name: str) -> dict[str, Any]:

@@ -225,6 +225,47 @@ _MAP: dict[str, Callable[[Any, CrystalBatch, StepContext], StageOutput]] = {
 }
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator failure (host ``MemoryError``, torch's CPU allocator,
+    CUDA out of memory)."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
+    )
+
+
+def free_memory() -> None:
+    """Give back what a failed allocation left behind (Python garbage, the CUDA cache)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def out_of_memory_reason(exc: BaseException, sub: CrystalBatch, where: str) -> str:
+    """The failure reason of a crystal that alone runs out of memory."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"out of memory in {where} on this crystal alone ({int(sub.num_atoms[0])} atoms, cell volume "
+        f"{float(sub.volumes[0]):.4g} Å^3); try a smaller model batch or a machine with more memory "
+        f"({first[:160]})"
+    )
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A reason a person understands: crystal's own errors as they are, an allocator failure as
+    'out of memory', anything else as ``Type: first line``."""
+    if isinstance(exc, CrystalError):
+        return str(exc)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, ZeroDivisionError):
+        return f"a division by zero inside the model (a degenerate cell, or a crystal it cannot handle): {first}"
+    return f"{type(exc).__name__}: {first}"[:400]
+
+
 def run_map_step(step: Any, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
     """Run a map step on ``batch``; a crystal that makes the step fail is isolated by
     bisection and reported as a failure, the others go on."""
@@ -240,9 +281,12 @@ def run_map_step(step: Any, batch: CrystalBatch, ctx: StepContext) -> StageOutpu
         except (ConfigError, PluginError):
             raise
         except Exception as exc:
+            oom = is_out_of_memory(exc)
+            if oom:
+                free_memory()
             if len(sub) == 1:
                 errors.append(exc)
-                reason = str(exc) if isinstance(exc, CrystalError) else f"{type(exc).__name__}: {exc}"
+                reason = out_of_memory_reason(exc, sub, f"step {step.id!r}") if oom else failure_reason(exc)
                 failures.append(Failure(sub.ids[0], step.id, reason, str(sub.info[0].get("source", ""))))
                 ctx.emit("failure", step.id, f"{sub.ids[0]}: {reason}", data={"id": sub.ids[0], "reason": reason})
                 return []

@@ -109,7 +109,7 @@ def _from_payload(obj: Any, where: str) -> tuple[XRDCNN, dict[str, Any], dict[st
 
 def load_checkpoint(path: Path, sha256: str | None = None) -> tuple[XRDCNN, dict[str, Any], dict[str, Any], str]:
     """Verify (when ``sha256`` is given) and load a checkpoint weights-only; returns ``(net, xrd, metadata, digest)``."""
-    from crystal.weights import sha256sum
+    from crystal.weights import refused_pickle_message, sha256sum
 
     if not path.is_file():
         raise ConfigError(f"xrdcnn: checkpoint {str(path)!r} does not exist")
@@ -119,7 +119,7 @@ def load_checkpoint(path: Path, sha256: str | None = None) -> tuple[XRDCNN, dict
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors are not trusted
-        raise WeightsError(f"xrdcnn: cannot load checkpoint {str(path)!r} (weights-only): {exc}") from None
+        raise WeightsError(f"xrdcnn: {refused_pickle_message(path, exc)}") from None
     net, xrd, meta = _from_payload(obj, repr(str(path)))
     return net, xrd, meta, digest
 
