@@ -45,6 +45,7 @@ __all__ = [
     "Potential",
     "PotentialOutput",
     "Representation",
+    "isolated_atoms",
 ]
 
 
@@ -204,6 +205,28 @@ class Encoder(Component):
         Returns ``{target: tensor}`` with shape ``(B,)`` or ``(B, k)`` for per-crystal
         targets and ``(N, ...)`` for per-atom ones, in the target's declared unit.
         """
+
+    @property
+    def graph_cutoff(self) -> float | None:
+        """The cutoff (Å) of the neighbour graph the encoder builds, or ``None`` when it builds
+        none (composition models). A crystal with an atom that has no neighbour within it cannot
+        be predicted meaningfully: :func:`isolated_atoms` finds them, and the ``predict`` step
+        reports them as failures instead of predicting. Graph encoders override this."""
+        return None
+
+
+def isolated_atoms(batch: CrystalBatch, cutoff: float) -> torch.Tensor:
+    """(B,) number of atoms per crystal with no neighbour (periodic images included) closer
+    than ``cutoff`` Å."""
+    import torch
+
+    from crystal.neighbors import radius_graph
+
+    graph = radius_graph(batch, cutoff)
+    degree = torch.zeros(batch.num_nodes, dtype=torch.long, device=batch.device)
+    degree.index_add_(0, graph.edge_index[0], torch.ones_like(graph.edge_index[0]))
+    lonely = (degree == 0).long()
+    return torch.zeros(len(batch), dtype=torch.long, device=batch.device).index_add_(0, batch.batch, lonely)
 
 
 @dataclass(frozen=True)

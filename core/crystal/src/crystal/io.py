@@ -239,7 +239,13 @@ def _parse(text: str, path: Path, fmt: Format, id_column: str | None) -> Iterato
         try:
             yield stem, Poscar.from_str(text).structure, None
         except Exception as exc:  # pymatgen raises many types on malformed input
-            yield stem, None, f"not a valid POSCAR: {short_error(exc)}"
+            why = (
+                "the file ends early or is malformed (expected: comment, scale, 3 lattice lines, element names, "
+                "counts, coordinates)"
+                if isinstance(exc, (IndexError, ValueError))
+                else short_error(exc)
+            )
+            yield stem, None, f"not a valid POSCAR: {why}"
     elif fmt == "extxyz":
         yield from _parse_extxyz(text, stem)
     elif fmt == "json":

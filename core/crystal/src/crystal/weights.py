@@ -197,7 +197,7 @@ def _registry() -> tuple[dict[str, tuple[str, WeightsManifest]], dict[str, list[
             out[w.name] = (dist, w)
     for name in clashes:
         del out[name]
-    return out, clashes
+    return out, {name: sorted(dists) for name, dists in clashes.items()}
 
 
 def list_weights() -> dict[str, tuple[str, WeightsManifest]]:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from crystal.batch import CrystalBatch
-from crystal.components import Characterizer, Component, Encoder, Potential, Representation
+from crystal.components import Characterizer, Component, Encoder, Potential, Representation, isolated_atoms
 from crystal.errors import ConfigError, CrystalError, PipelineError, PluginError
 from crystal.io import Failure
 from crystal_pipeline.config import (
@@ -169,6 +169,24 @@ def _md(step: MDStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
 def _predict(step: PredictStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
     (encoder,) = ctx.components[step.id]
     assert isinstance(encoder, Encoder)
+    failures: list[Failure] = []
+    cutoff = encoder.graph_cutoff
+    if cutoff is not None:  # an atom without neighbours gets no message: its prediction is meaningless
+        lonely = isolated_atoms(batch, cutoff).tolist()
+        if any(lonely):
+            for k, n in enumerate(lonely):
+                if n:
+                    reason = (
+                        f"{n} isolated atom(s): no neighbour within encoder {encoder.name!r}'s graph cutoff of "
+                        f"{cutoff:g} Å (a cell this dilute cannot be predicted by a graph model)"
+                    )
+                    failures.append(Failure(batch.ids[k], step.id, reason, str(batch.info[k].get("source", ""))))
+                    ctx.emit(
+                        "failure", step.id, f"{batch.ids[k]}: {reason}", data={"id": batch.ids[k], "reason": reason}
+                    )
+            batch = batch.select(torch.tensor([n == 0 for n in lonely], device=batch.device))
+            if len(batch) == 0:
+                return StageOutput(batch, failures)
     preds = {k: v.to(batch.device) for k, v in encoder.predict(batch.to(encoder.device)).items()}
     for target, value in preds.items():
         value = value.detach()
@@ -184,7 +202,7 @@ def _predict(step: PredictStep, batch: CrystalBatch, ctx: StepContext) -> StageO
                 f"step {step.id!r}: encoder {encoder.name!r} returned {target!r} with shape {tuple(value.shape)} "
                 f"for {len(batch)} crystals / {batch.num_nodes} atoms"
             )
-    return StageOutput(batch)
+    return StageOutput(batch, failures)
 
 
 def _characterize(step: CharacterizeStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:

@@ -133,6 +133,12 @@ class MEGNetEncoder(TrainableEncoder):
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+
+    @property
+    def graph_cutoff(self) -> float:
+        """The neighbour cutoff of the graph (Å): crystals with an isolated atom are reported, not predicted."""
+        return float(self.config.cutoff)  # type: ignore[attr-defined]
+
     weights: ClassVar[tuple[str, ...]] = WEIGHTS
     max_atomic_number: ClassVar[int] = MAX_ATOMIC_NUMBER
 

@@ -98,6 +98,12 @@ class SchNetEncoder(TrainableEncoder):
     Config: ClassVar[type[EncoderConfig]] = SchNetConfig
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
+
+    @property
+    def graph_cutoff(self) -> float:
+        """The neighbour cutoff of the graph (Å): crystals with an isolated atom are reported, not predicted."""
+        return float(self.config.cutoff)  # type: ignore[attr-defined]
+
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     #: weights trained by us and shipped in the package (model cards in crystal_schnet/weights/)
     weights: ClassVar[tuple[str, ...]] = WEIGHTS
