@@ -9,16 +9,64 @@ and of the reference ``ALIGNNConfig`` (``usnistgov/alignn``, ``alignn/models/ali
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
 
+from crystal.components import ComponentConfig
 from crystal.manifest import NamedWeights, WeightsManifest
 from crystal.targets import TargetSet
-from crystal.trainable import EncoderConfig, TrainableEncoder
+from crystal.trainable import RUNTIME_FIELDS, EncoderConfig, TrainableEncoder
 
-__all__ = ["ALIGNNConfig", "ALIGNNEncoder"]
+__all__ = ["JARVIS_ATOM_FEATURES", "ALIGNNConfig", "ALIGNNEncoder"]
+
+_CITATION = (
+    "K. Choudhary and B. DeCost, Atomistic Line Graph Neural Network for improved materials property "
+    "predictions, npj Comput. Mater. 7, 185 (2021), doi:10.1038/s41524-021-00650-1"
+)
+_JARVIS_DATA = (
+    "JARVIS-DFT 3D (jarvis-tools dataset dft_3d, the 2021.8.18 release of the paper), the entries with the "
+    "property; random 80/10/10 train/validation/test split (the reference's TrainingConfig, seed 123)"
+)
+
+
+def _jarvis(name: str, url: str, what: str, unit: str, mae: float | None, size: int | None = None) -> WeightsManifest:
+    return WeightsManifest(
+        name=name,
+        file=url,
+        sha256=None,  # figshare publishes md5 only: pinned at first download
+        size=size,
+        licence="NIST-Software",
+        citation=_CITATION,
+        training_data=_JARVIS_DATA,
+        description=(
+            f"released JARVIS ALIGNN model (usnistgov/alignn, figshare zip: config.json + checkpoint): {what} "
+            f"({unit}); reference architecture (4 ALIGNN + 4 GCN layers, 256 hidden, 92 CGCNN atom features), "
+            "run with the reference's graph construction; its element features (jarvis-tools atom_init.json) are downloaded on first use"
+        ),
+        metrics={f"paper_test_mae_{unit.replace('/', '_per_')}": mae} if mae is not None else {},
+    )
+
+
+#: the 92 CGCNN element features (``atom_init.json``) the released JARVIS models were trained
+#: with, as jarvis-tools ships them (``jarvis/core/atom_init.json``); downloaded and cached
+#: like weights the first time a JARVIS model is converted (or give ``atom_init``)
+JARVIS_ATOM_FEATURES = WeightsManifest(
+    name="alignn-jarvis-cgcnn-atom-features",
+    file=(
+        "https://raw.githubusercontent.com/usnistgov/jarvis/5a5be4be95ae4f5048fb638cf7946090ea88c08b/"
+        "jarvis/core/atom_init.json"
+    ),
+    sha256="aab9b30f300e1b871b560ef2a715c4356880349293b222b4a14608ff872c80fe",
+    size=28393,
+    licence="NIST-PD",
+    citation="T. Xie and J. C. Grossman, Phys. Rev. Lett. 120, 145301 (2018) (CGCNN atom features)",
+    training_data="element data (CGCNN Table I categories), not trained",
+    description="92-dim one-hot CGCNN element features {Z: [...]} for Z = 1-100, input of the JARVIS ALIGNN models",
+)
 
 
 #: the named weights this component ships (declared once: `crystal plugins manifest --write`
@@ -67,6 +115,41 @@ WEIGHTS = NamedWeights(
             "val_energy_per_atom_rmse_eV_per_atom": 0.02256,
         },
     ),
+    _jarvis(
+        "alignn-jv-formation-energy",
+        "https://ndownloader.figshare.com/files/31458679",
+        "JARVIS-DFT OptB88vdW formation energy per atom (jv_formation_energy_peratom_alignn)",
+        "eV/atom",
+        0.033,
+    ),
+    _jarvis(
+        "alignn-jv-optb88vdw-bandgap",
+        "https://ndownloader.figshare.com/files/31459636",
+        "JARVIS-DFT OptB88vdW band gap (jv_optb88vdw_bandgap_alignn)",
+        "eV",
+        0.14,
+    ),
+    _jarvis(
+        "alignn-jv-mbj-bandgap",
+        "https://ndownloader.figshare.com/files/31458694",
+        "JARVIS-DFT TBmBJ band gap (jv_mbj_bandgap_alignn)",
+        "eV",
+        0.31,
+    ),
+    _jarvis(
+        "alignn-jv-bulk-modulus",
+        "https://ndownloader.figshare.com/files/31458649",
+        "JARVIS-DFT Voigt bulk modulus Kv (jv_bulk_modulus_kv_alignn)",
+        "GPa",
+        10.40,
+    ),
+    _jarvis(
+        "alignn-jv-shear-modulus",
+        "https://ndownloader.figshare.com/files/31458724",
+        "JARVIS-DFT Voigt shear modulus Gv (jv_shear_modulus_gv_alignn)",
+        "GPa",
+        9.48,
+    ),
 )
 
 
@@ -110,6 +193,26 @@ class ALIGNNConfig(EncoderConfig):
         "then all get the same prediction); 'none': unnormalised gates of Bresson & Laurent (2017) — a deviation "
         "that lets the geometry reach the atom features of elemental crystals",
     )
+    atom_features: Literal["derived", "cgcnn"] = Field(
+        "derived",
+        description="element input features: 'derived' (93-dim, crystal.element_features) or 'cgcnn' (the 92-dim "
+        "CGCNN atom_init.json features of the released JARVIS models; from `atom_init` or the checkpoint)",
+    )
+    atom_init: Path | None = Field(
+        None,
+        description="element-feature JSON {\"Z\": [92 numbers]} for atom_features = 'cgcnn' (jarvis-tools' "
+        "atom_init.json); for a JARVIS zip it defaults to the registry's copy (downloaded once)",
+    )
+    link: Literal["identity", "log", "logit"] = Field(
+        "identity",
+        description="output link of the reference: 'log' applies exp, 'logit' sigmoid to the structure outputs",
+    )
+    graph_construction: Literal["batched", "reference"] = Field(
+        "batched",
+        description="'batched': crystal's vectorised 12-nearest graph (ties within 1e-6 Å, self-image bonds once); "
+        "'reference': the reference's own construction, one crystal at a time (exact float ties, lattice rounded "
+        "to 5 decimals, self-image bonds twice) — the default of loaded JARVIS models, for parity",
+    )
 
 
 class ALIGNNEncoder(TrainableEncoder):
@@ -148,4 +251,78 @@ class ALIGNNEncoder(TrainableEncoder):
             hidden_features=config.hidden_features,
             layer_order=config.layer_order,
             normalize_gates=config.gate_normalization == "sum",
+            element_features=_element_table(config),
+            link=config.link,
+            reference_graph=config.graph_construction == "reference",
         )
+
+    # ------------------------------------------------------------------ loading
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """A crystal checkpoint, or a released JARVIS zip (named weights or ``checkpoint``)
+        converted in memory by :mod:`crystal_alignn.jarvis`."""
+        from crystal.errors import ConfigError, WeightsError
+        from crystal.weights import resolve_weights, sha256sum
+        from crystal_alignn.jarvis import is_jarvis_archive
+
+        cfg = self.config
+        assert isinstance(cfg, ALIGNNConfig)
+        path = None
+        if cfg.weights is not None and cfg.checkpoint is None and cfg.weights in self.weights:
+            entry = WEIGHTS.entry(cfg.weights)
+            if entry.remote:
+                found, _ = resolve_weights(entry)
+                if is_jarvis_archive(found):
+                    path, digest = found, sha256sum(found)
+        elif cfg.checkpoint is not None and is_jarvis_archive(cfg.checkpoint):
+            path = Path(cfg.checkpoint)
+            digest = sha256sum(path)
+            if cfg.sha256 is not None and digest != cfg.sha256:
+                raise WeightsError(
+                    f"encoder 'alignn': checkpoint {str(path)!r} has sha256 {digest}, expected {cfg.sha256}"
+                )
+        if path is None:
+            ckpt = super()._read_checkpoint()
+            if ckpt is None and cfg.atom_features == "cgcnn" and cfg.atom_init is None:
+                raise ConfigError(
+                    "encoder 'alignn': atom_features = 'cgcnn' needs atom_init (the element-feature JSON)"
+                )
+            return ckpt
+        self.checkpoint_sha256 = digest
+        return _convert_jarvis(path, cfg)
+
+    def _merge_config(self, ckpt: Mapping[str, Any]) -> ComponentConfig:
+        """As the base class; ``graph_construction`` set by the user overrides the checkpoint's."""
+        from crystal.weights import merge_checkpoint_config
+
+        saved = dict(ckpt.get("config") or {})
+        saved["targets"] = list(ckpt.get("targets") or [])
+        runtime = set(RUNTIME_FIELDS) | {"atom_init"}
+        if "graph_construction" in self.config.model_fields_set:
+            runtime.add("graph_construction")
+        return merge_checkpoint_config(self, saved, frozenset(runtime), kind="encoder")  # type: ignore[no-any-return]
+
+
+def _element_table(config: ALIGNNConfig) -> Any:
+    """The element-feature table of ``config`` (None: the derived features)."""
+    if config.atom_features == "derived":
+        return None
+    import torch
+
+    from crystal_alignn.jarvis import ATOM_FEATURES_WIDTH, load_atom_features
+
+    if config.atom_init is not None:
+        return load_atom_features(config.atom_init)
+    return torch.zeros((101, ATOM_FEATURES_WIDTH), dtype=torch.float64)  # filled from the checkpoint
+
+
+def _convert_jarvis(path: Path, config: ALIGNNConfig) -> dict[str, Any]:
+    """The crystal checkpoint of the JARVIS zip at ``path`` (see :mod:`crystal_alignn.jarvis`)."""
+    from crystal.weights import resolve_weights
+    from crystal_alignn.jarvis import jarvis_checkpoint, load_atom_features, read_jarvis_archive
+
+    reference_config, state, member = read_jarvis_archive(path)
+    features = config.atom_init
+    if features is None:
+        features, _ = resolve_weights(JARVIS_ATOM_FEATURES)
+    table = load_atom_features(features)
+    return jarvis_checkpoint(reference_config, state, table, source=f"{path.name}:{member}")

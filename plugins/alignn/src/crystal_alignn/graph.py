@@ -33,9 +33,11 @@ Shapes: ``edge_index`` (2, E) as (source i, destination j); ``vectors`` (E, 3)
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from crystal.batch import CrystalBatch
@@ -45,12 +47,15 @@ from crystal.neighbors import radius_graph
 
 __all__ = [
     "MAX_SEARCH_ROUNDS",
+    "REFERENCE_CUTOFF",
     "SEARCH_GROWTH",
     "TIE_TOLERANCE",
     "ALIGNNGraph",
     "alignn_graph",
     "candidate_neighbours",
     "knn_shell",
+    "reference_edges",
+    "reference_graph",
     "reverse_edges",
 ]
 
@@ -188,4 +193,122 @@ def alignn_graph(batch: CrystalBatch, max_neighbors: int, *, with_line_graph: bo
     graph = ALIGNNGraph(edge_index[:, keep], vectors[keep], distances[keep])
     if with_line_graph:
         graph.line_index, graph.cosines = line_graph(graph.edge_index, graph.vectors, num_nodes=n)
+    return graph
+
+
+# ----------------------------------------------------------------------------------------
+# the reference's own construction, structure by structure (graph_construction="reference")
+
+#: first search radius of the reference's k-nearest graph (Å); the graph does not depend on it
+REFERENCE_CUTOFF = 8.0
+#: the reference's neighbour search drops pairs closer than this (Å)
+_REFERENCE_BOND_TOL = 0.15
+
+
+def _reference_neighbours(
+    frac: np.ndarray, lattice: np.ndarray, rounded: np.ndarray, cart: np.ndarray, r: float
+) -> list[list[tuple[int, float, tuple[float, ...]]]]:
+    """Every neighbour ``(j, d, image)`` of each atom within ``r``, with the distances computed
+    by the same floating-point operations as the reference's search (so that exact ties at
+    the k-th distance are decided as there)."""
+    inv = np.linalg.inv(rounded)
+    recp = 2 * np.pi * inv.T
+    recp_len = np.array([round(x, 6) for x in np.sqrt(np.sum(recp**2, axis=1)).tolist()])
+    reach = np.ceil((r + _REFERENCE_BOND_TOL) * recp_len / (2 * math.pi))
+    lo = np.floor(np.min(frac, axis=0)) - reach
+    hi = np.ceil(np.max(frac, axis=0)) + reach
+    n = len(cart)
+    found: list[list[tuple[int, float, tuple[float, ...]]]] = [[] for _ in range(n)]
+    for image in itertools.product(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)]):
+        coords = np.dot(image, lattice) + cart  # atoms j shifted by the image
+        dist = np.sum((coords[:, None, :] - cart[None, :, :]) ** 2, axis=-1) ** 0.5  # [j, i]
+        within = np.bitwise_and(dist <= r, dist > 1e-8)
+        for j in range(n):
+            for i in np.nonzero(within[j])[0].tolist():
+                if dist[j, i] > _REFERENCE_BOND_TOL:
+                    found[i].append((j, float(dist[j, i]), tuple(float(x) for x in image)))
+    return found
+
+
+def reference_edges(frac: np.ndarray, lattice: np.ndarray, k: int, cutoff: float = REFERENCE_CUTOFF) -> np.ndarray:
+    """``(E, 5)`` float64 rows ``(src, dst, n1, n2, n3)``: the directed bonds of the reference's
+    k-nearest graph of one crystal (``Graph.atom_dgl_multigraph`` with
+    ``neighbor_strategy="k-nearest"``, ``use_canonize=True``), bond vector
+    ``(frac[dst] + n - frac[src]) @ L``.
+
+    Its rules, reproduced: the lattice rounded to 5 decimals for Cartesian positions (image
+    shifts use the given lattice); neighbours within ``cutoff`` (not closer than 0.15 Å),
+    the radius raised to the longest lattice vector, else doubled, until every atom has
+    ``k``; each atom keeps the neighbours with ``d <= d_k`` (exact float comparison); every
+    kept pair is stored once as ``(min(i, j), max(i, j))`` with the image of the larger
+    index, and emitted in both directions — so a self-image bond ``i → i`` appears **twice**
+    per direction (from ``n`` and from ``-n``).
+    """
+    frac = np.asarray(frac, dtype=np.float64)
+    lattice = np.asarray(lattice, dtype=np.float64)
+    rounded = np.around(lattice, decimals=5)
+    cart = np.dot(frac, rounded)
+    longest = max(round(x, 6) for x in np.sqrt(np.sum(rounded**2, axis=1)).tolist())
+    r = float(cutoff)
+    for _ in range(64):
+        found = _reference_neighbours(frac, lattice, rounded, cart, r)
+        if min(len(f) for f in found) >= k:
+            break
+        r = longest if r < longest else 2 * r
+    else:  # pragma: no cover - needs a degenerate cell
+        raise StructureError(f"encoder 'alignn': no {k} neighbours within {r:.3g} Å (degenerate cell?)")
+    pairs: dict[tuple[int, int], set[tuple[float, ...]]] = {}
+    for i, neighbours in enumerate(found):
+        dist = np.array([d for _, d, _ in neighbours])
+        kth = np.sort(dist, kind="stable")[k - 1]
+        for (j, _d, image), keep in zip(neighbours, dist <= kth, strict=True):
+            if not keep:
+                continue
+            if j < i:  # stored from the smaller index, image of the other atom
+                key, img = (j, i), tuple(0.0 - x for x in image)
+            else:
+                key, img = (i, j), image
+            pairs.setdefault(key, set()).add(tuple(x + 0.0 for x in img))  # -0.0 -> 0.0
+    rows = []
+    for (a, b), images in pairs.items():
+        for img in sorted(images):
+            rows.append((a, b, *img))
+            rows.append((b, a, *(-x + 0.0 for x in img)))
+    return np.array(rows, dtype=np.float64).reshape(-1, 5)
+
+
+def reference_graph(batch: CrystalBatch, max_neighbors: int, *, with_line_graph: bool = True) -> ALIGNNGraph:
+    """The reference's atom graph (:func:`reference_edges`, one crystal at a time on the CPU)
+    and its line graph, for a whole batch.
+
+    The line graph is DGL's ``line_graph(shared=True)``: bond pairs ``(a → b, b → c)``
+    including the reverse bond, but not a self-image bond paired with itself.
+
+    Bond vectors are ``(frac[dst] + n - frac[src]) @ L5`` with ``L5`` the lattice rounded to 5
+    decimals, as the reference computes them (differentiable, with the rounding passed
+    straight through).
+    """
+    frac_all = batch.frac_coords.detach().to("cpu", torch.float64).numpy()
+    lattices = batch.lattices.detach().to("cpu", torch.float64).numpy()
+    ptr = batch.ptr.tolist()
+    index_parts, shift_parts = [], []
+    for b in range(len(batch)):
+        rows = reference_edges(frac_all[ptr[b] : ptr[b + 1]], lattices[b], max_neighbors)
+        index_parts.append(torch.as_tensor(rows[:, :2], dtype=torch.long).T + ptr[b])
+        shift_parts.append(torch.as_tensor(rows[:, 2:]))
+    device = batch.device
+    edge_index = torch.cat(index_parts, dim=1).to(device) if index_parts else torch.zeros((2, 0), dtype=torch.long)
+    shifts = torch.cat(shift_parts).to(device=device, dtype=batch.frac_coords.dtype)
+    lattice = batch.lattices
+    rounded = lattice + (torch.round(lattice.detach() * 1e5) / 1e5 - lattice.detach())
+    src, dst = edge_index[0], edge_index[1]
+    diff = batch.frac_coords[dst] + shifts - batch.frac_coords[src]
+    vectors = torch.einsum("ei,eij->ej", diff, rounded[batch.batch[src]])
+    graph = ALIGNNGraph(edge_index, vectors, vectors.norm(dim=-1))
+    if with_line_graph:
+        line_index, cosines = line_graph(edge_index, vectors, num_nodes=batch.num_nodes)
+        # DGL's line_graph (the reference's) pairs a self-image bond b -> b with every bond
+        # leaving b except itself; crystal.line_graph also pairs it with itself
+        distinct = line_index[0] != line_index[1]
+        graph.line_index, graph.cosines = line_index[:, distinct], cosines[distinct]
     return graph

@@ -8,11 +8,13 @@ from torch import nn
 from crystal.batch import CrystalBatch
 from crystal.element_features import derived_atom_features
 from crystal.targets import TargetSet
-from crystal_alignn.graph import alignn_graph
+from crystal_alignn.graph import alignn_graph, reference_graph
 from crystal_alignn.layers import ALIGNNConv, EdgeGatedGraphConv, MLPLayer, RBFExpansion
 from crystal_alignn.layers.alignn_conv import LayerOrder
 
 __all__ = ["ALIGNN"]
+
+_LINKS = {"identity": None, "log": torch.exp, "logit": torch.sigmoid}
 
 
 class ALIGNN(nn.Module):
@@ -29,6 +31,11 @@ class ALIGNN(nn.Module):
         x, y &\\leftarrow \\mathrm{EGGC}_g(x, y) && \\times\\ \\text{gcn\\_layers} \\\\
         \\text{structure} &= W \\tfrac{1}{N_b} \\textstyle\\sum_{i \\in b} x_i + c,
         \\qquad \\text{atom}_i = W_a x_i + c_a
+
+    ``link`` (the reference's ``link``): ``"log"`` applies ``exp``, ``"logit"`` ``sigmoid`` to
+    the structure outputs. ``element_features`` replaces the derived 93-dim table (e.g. the
+    92-dim CGCNN features of the released JARVIS models); ``reference_graph`` builds the
+    graph as the reference does (:func:`~crystal_alignn.graph.reference_graph`).
 
     ``MLP`` = Linear → BatchNorm → SiLU (the first embedding MLPs map to
     ``embedding_features``, the others to ``hidden_features``). The graph (see
@@ -56,10 +63,18 @@ class ALIGNN(nn.Module):
         hidden_features: int = 256,
         layer_order: LayerOrder = "atom-then-line",
         normalize_gates: bool = True,
+        element_features: torch.Tensor | None = None,
+        link: str = "identity",
+        reference_graph: bool = False,
     ) -> None:
         super().__init__()
         self.max_neighbors = int(max_neighbors)
-        table, _ = derived_atom_features()  # (Zmax + 1, 93) float64, row 0 unused
+        self.reference_graph = bool(reference_graph)
+        if link not in _LINKS:
+            raise ValueError(f"unknown link {link!r} (choose from {', '.join(_LINKS)})")
+        self.link = link
+        # (Zmax + 1, D) float64, row 0 unused: the derived 93-dim features unless given
+        table = derived_atom_features()[0] if element_features is None else element_features
         self.register_buffer("element_features", table.to(torch.get_default_dtype()))
         self.atom_embedding = MLPLayer(table.shape[1], hidden_features)
         self.edge_embedding = nn.Sequential(
@@ -92,7 +107,8 @@ class ALIGNN(nn.Module):
         if batch.dtype != torch.float64:
             batch = batch.to(dtype=torch.float64)
         dtype = next(self.parameters()).dtype
-        graph = alignn_graph(batch, self.max_neighbors, with_line_graph=self.angle_embedding is not None)
+        build = reference_graph if self.reference_graph else alignn_graph
+        graph = build(batch, self.max_neighbors, with_line_graph=self.angle_embedding is not None)
 
         x = self.atom_embedding(self.element_features[batch.atomic_numbers].to(dtype))  # (N, F)
         y = self.edge_embedding[1:](self.edge_embedding[0](graph.distances).to(dtype))  # (E, F)
@@ -110,5 +126,8 @@ class ALIGNN(nn.Module):
             summed = x.new_zeros((b, x.shape[1])).index_add_(0, batch.batch, x)
             pooled = summed / batch.num_atoms.clamp(min=1).to(x.dtype)[:, None]  # (B, F) average pooling
             structure = self.fc(pooled)
+            link = _LINKS[self.link]
+            if link is not None:
+                structure = link(structure)
         atom = self.fc_atom(x) if self.fc_atom is not None else None
         return structure, atom
