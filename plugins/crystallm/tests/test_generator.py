@@ -62,11 +62,16 @@ def test_manifest_validates_and_matches_class():
     assert tuple(comp.devices) == cls.devices == ("cpu", "cuda")
     assert tuple(comp.weights) == cls.weights
     assert comp.default_weights == cls.default_weights
-    for name in cls.weights:  # every declared weights file is shipped and its card exists
+    for name in cls.weights:
         entry = next(w for w in manifest.weights if w.name == name)
-        rel = entry.file.split("/", 1)[1]
+        if entry.remote:  # the authors' released models: their Zenodo record, licence and paper
+            assert entry.file.startswith("https://zenodo.org/records/10642388/files/crystallm_")
+            assert entry.licence == "CC-BY-4.0" and "Nat. Commun. 15, 10570" in (entry.citation or "")
+            continue
+        rel = entry.file.split("/", 1)[1]  # ours: the file is shipped and its card exists
         assert (MANIFEST.parent / rel).is_file(), rel
         assert (MANIFEST.parent / rel).with_suffix(".md").is_file()
+    assert sum(w.remote for w in manifest.weights) == 11
 
 
 def test_entry_point_and_check_plugins():

@@ -118,17 +118,22 @@ def atom_props_block(elements: Iterable[str]) -> list[str]:
         rows = []
         for el in els:
             sym = el.symbol
+            # the reference writes its noble-gas fall-backs unformatted (str of the float: 2.16, 1.4)
             x = float(el.X)
             if math.isnan(x):
                 if sym not in _ALLEN_X:
                     raise StructureError(f"crystallm: no electronegativity for {sym}")
-                x = _ALLEN_X[sym]
+                x_text = str(_ALLEN_X[sym])
+            else:
+                x_text = _fmt(x)
             radius = el.atomic_radius
             if radius is None:
                 if sym not in _NOBLE_VDW_RADIUS:
                     raise StructureError(f"crystallm: no atomic radius for {sym}")
-                radius = _NOBLE_VDW_RADIUS[sym]
-            rows.append(f"{sym} {_fmt(x)} {_fmt(float(radius))} {_fmt(float(el.average_ionic_radius))}")
+                radius_text = str(_NOBLE_VDW_RADIUS[sym])
+            else:
+                radius_text = _fmt(float(radius))
+            rows.append(f"{sym} {x_text} {radius_text} {_fmt(float(el.average_ionic_radius))}")
     return [
         "loop_",
         "_atom_type_symbol",

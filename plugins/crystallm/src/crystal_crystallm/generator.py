@@ -64,8 +64,39 @@ FormulaUnits = Annotated[int, Field(ge=1, le=64)]
 _HEX64 = r"^[0-9a-fA-F]{64}$"
 
 
-#: the named weights this component ships (declared once: `crystal plugins manifest --write`
-#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
+_CITATION = (
+    "L. M. Antunes, K. T. Butler and R. Grau-Crespo, Crystal structure generation with autoregressive large "
+    "language modeling, Nat. Commun. 15, 10570 (2024), doi:10.1038/s41467-024-54639-7"
+)
+_ZENODO = "https://zenodo.org/records/10642388/files"
+_SMALL = "small: 8 layers x 8 heads, d=512, context 1024, 25.4 M parameters"
+_LARGE = "large: 16 layers x 16 heads, d=1024, context 2048, ~200 M parameters"
+_BENCHMARK = "{} training split (CDVAE/DiffCSP benchmark, CIFs pre-processed as the reference's bin/preprocess.py)"
+
+
+def _released(name: str, file: str, md5: str, approx: str, model: str, data: str, iters: int) -> WeightsManifest:
+    """A model of the authors' Zenodo record 10642388 (CC-BY 4.0): a .tar.gz holding <name>/ckpt.pt
+    (nanoGPT format, with the AdamW state). Zenodo publishes only md5 and rounded sizes, so the
+    sha256 is pinned at the first download."""
+    return WeightsManifest(
+        name=name,
+        file=f"{_ZENODO}/{file}",
+        sha256=None,
+        size=None,
+        licence="CC-BY-4.0",
+        citation=_CITATION,
+        training_data=data,
+        description=(
+            f"CrystaLLM released model ({model}; {iters} iterations), vocabulary of 371 tokens; Zenodo "
+            f"record 10642388 lists md5:{md5}, {approx} (no sha256 published); a .tar.gz holding ckpt.pt "
+            "(nanoGPT format) read without extracting anything else"
+        ),
+    )
+
+
+#: the named weights of this component (declared once: `crystal plugins manifest --write`
+#: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names):
+#: ours, trained on CPU and shipped in the package, and the authors' released models on Zenodo
 WEIGHTS = NamedWeights(
     WeightsManifest(
         name="crystallm-perov5",
@@ -86,6 +117,107 @@ WEIGHTS = NamedWeights(
             "val_next_token_accuracy": 0.9509,
         },
     ),
+    _released(
+        "crystallm-v1-small",
+        "crystallm_v1_small.tar.gz",
+        "0221fbcd166bddb17f75be8a610892f3",
+        "285.0 MB",
+        _SMALL,
+        "CrystaLLM v1 corpus: 2,285,719 deduplicated, symmetrised, pre-processed CIFs from the Materials Project, "
+        "OQMD and NOMAD (tokens_v1_all: all of cifs_v1_prep, no validation split)",
+        100_000,
+    ),
+    _released(
+        "crystallm-v1-large",
+        "crystallm_v1_large.tar.gz",
+        "7229ae633f832a935eb30dc7f58a8830",
+        "2.2 GB",
+        _LARGE,
+        "CrystaLLM v1 corpus: 2,285,719 deduplicated, symmetrised, pre-processed CIFs from the Materials Project, "
+        "OQMD and NOMAD (tokens_v1_all: all of cifs_v1_prep, no validation split)",
+        48_000,
+    ),
+    _released(
+        "crystallm-v1-minus-mpts-52-small",
+        "crystallm_v1_minus_mpts_52_small.tar.gz",
+        "e0fa119d78fadadbe22a0a0875a388ea",
+        "285.0 MB",
+        _SMALL,
+        "CrystaLLM v1 corpus less the MPTS-52 validation and test structures (tokens_v1_minus_mpts_52)",
+        100_000,
+    ),
+    _released(
+        "crystallm-perov-5-small",
+        "crystallm_perov_5_small.tar.gz",
+        "243378b326e7292cb7a39a1bd0aa179b",
+        "285.9 MB",
+        _SMALL,
+        _BENCHMARK.format("Perov-5"),
+        1_750,
+    ),
+    _released(
+        "crystallm-perov-5-large",
+        "crystallm_perov_5_large.tar.gz",
+        "dbd0cfddfc1a2341ebbeb10ce828b378",
+        "2.3 GB",
+        _LARGE,
+        _BENCHMARK.format("Perov-5"),
+        1_750,
+    ),
+    _released(
+        "crystallm-carbon-24-small",
+        "crystallm_carbon_24_small.tar.gz",
+        "8b30dd04ded754fb532c85bc4f50f264",
+        "284.6 MB",
+        _SMALL,
+        _BENCHMARK.format("Carbon-24"),
+        8_000,
+    ),
+    _released(
+        "crystallm-carbon-24-large",
+        "crystallm_carbon_24_large.tar.gz",
+        "b4eaec93761b0906294b03779b4261e6",
+        "2.3 GB",
+        _LARGE,
+        _BENCHMARK.format("Carbon-24"),
+        8_000,
+    ),
+    _released(
+        "crystallm-mp-20-small",
+        "crystallm_mp_20_small.tar.gz",
+        "132bab875f673851c3a13d884dc8a264",
+        "284.3 MB",
+        _SMALL,
+        _BENCHMARK.format("MP-20"),
+        5_000,
+    ),
+    _released(
+        "crystallm-mp-20-large",
+        "crystallm_mp_20_large.tar.gz",
+        "2096d75a309fbe3eddf569232422b9a8",
+        "2.3 GB",
+        _LARGE,
+        _BENCHMARK.format("MP-20"),
+        5_000,
+    ),
+    _released(
+        "crystallm-mpts-52-small",
+        "crystallm_mpts_52_small.tar.gz",
+        "a24ea9f14c143f3d2e88a9f6238ad3e9",
+        "284.4 MB",
+        _SMALL,
+        _BENCHMARK.format("MPTS-52"),
+        3_500,
+    ),
+    _released(
+        "crystallm-mpts-52-large",
+        "crystallm_mpts_52_large.tar.gz",
+        "99e427f1eeb154e243ce637fd180b90a",
+        "2.3 GB",
+        _LARGE,
+        _BENCHMARK.format("MPTS-52"),
+        3_500,
+    ),
 )
 
 
@@ -102,9 +234,14 @@ class CrystaLLMConfig(ComponentConfig):
         None, min_length=1, description="international numbers 1–230 to prompt with (uniformly); None: model's choice"
     )
     weights: Annotated[str, WEIGHTS] | None = Field(
-        None, description="shipped weights (model cards in crystal_crystallm/weights/); default crystallm-perov5"
+        None,
+        description="named weights: ours (crystallm-perov5, the default; model card in crystal_crystallm/weights/) "
+        "or a released model (crystallm-v1-small, ...; downloaded once into the weights cache)",
     )
-    checkpoint: Path | None = Field(None, description="a CrystaLLM checkpoint file (python -m crystal_crystallm.train)")
+    checkpoint: Path | None = Field(
+        None,
+        description="a checkpoint file: ours (python -m crystal_crystallm.train), or a released ckpt.pt or .tar.gz",
+    )
     sha256: str | None = Field(None, pattern=_HEX64, description="expected hex sha256 of `checkpoint`")
     temperature: float = Field(1.0, gt=0.0, le=10.0, description="softmax temperature (dimensionless)")
     top_k: int | None = Field(10, ge=1, description="sample among the k most likely tokens; None: all")
@@ -220,7 +357,6 @@ class CrystaLLMGenerator(Generator):
         """``net`` (tests, freshly trained models) replaces loading ``weights``/``checkpoint``."""
         super().__init__(config, device=device, **overrides)
         cfg: CrystaLLMConfig = self.config  # type: ignore[assignment]
-        self.tokenizer = tokenizer()
         self.weights_sha256: str | None = None
         self.meta: dict[str, Any] = {}
         if net is not None:
@@ -238,6 +374,7 @@ class CrystaLLMGenerator(Generator):
             assert name is not None
             self.net, self.meta, self.weights_sha256 = load_named_weights(name)
         self.net.to(self.device).eval()
+        self.tokenizer = tokenizer(self.net.vocab_size)  # the released models' 371 tokens, or our 375
         if cfg.max_tokens is not None and cfg.max_tokens > self.net.cfg.block_size:
             raise ConfigError(
                 f"generator 'crystallm': max_tokens={cfg.max_tokens} exceeds the model's context of "

@@ -34,14 +34,15 @@ from torch import nn
 
 from crystal.config import StrictModel
 from crystal.errors import ConfigError
-from crystal_crystallm.vocab import PAD, TOKENS, VOCAB_SIZE
+from crystal_crystallm.vocab import PAD, REFERENCE_VOCAB_SIZE, TOKENS, VOCAB_SIZE
 
 __all__ = ["CrystaLLMNet", "GPTConfig", "KVCache"]
 
 
 class GPTConfig(StrictModel):
     """Architecture of the decoder. Defaults: ours (CPU-sized); the paper's small model is
-    ``n_layer=8, n_head=8, n_embd=512, block_size=1024, dropout=0.1`` (25.4 M parameters)."""
+    ``n_layer=8, n_head=8, n_embd=512, block_size=1024, dropout=0.1, bias=False, vocab_size=371``
+    (25.4 M parameters), the large one ``n_layer=16, n_head=16, n_embd=1024, block_size=2048``."""
 
     block_size: int = Field(512, ge=8, description="context length, tokens")
     n_layer: int = Field(4, ge=1, description="transformer blocks")
@@ -49,11 +50,20 @@ class GPTConfig(StrictModel):
     n_embd: int = Field(128, ge=8, description="embedding width d")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout after the embeddings and on each residual branch")
     bias: bool = Field(True, description="biases in linear layers and layer norms")
+    vocab_size: int = Field(
+        VOCAB_SIZE,
+        description=f"token ids: {VOCAB_SIZE} (ours, with <pad>) or {REFERENCE_VOCAB_SIZE} (the released models)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> GPTConfig:
         if self.n_embd % self.n_head:
             raise ConfigError(f"crystallm: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.vocab_size not in (VOCAB_SIZE, REFERENCE_VOCAB_SIZE):
+            raise ConfigError(
+                f"crystallm: vocab_size={self.vocab_size}; CrystaLLM vocabularies have {REFERENCE_VOCAB_SIZE} "
+                f"(the released models) or {VOCAB_SIZE} (ours) tokens"
+            )
         return self
 
 
@@ -146,14 +156,14 @@ class CrystaLLMNet(nn.Module):
     def __init__(self, cfg: GPTConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or GPTConfig()
-        self.pad_id = TOKENS.index(PAD)
-        self.vocab_size = VOCAB_SIZE  # the CrystaLLM vocabulary + <pad>
-        self.wte = nn.Embedding(VOCAB_SIZE, cfg.n_embd)
+        self.pad_id = TOKENS.index(PAD)  # a row of wte only in our vocabulary (vocab_size 375)
+        self.vocab_size = cfg.vocab_size
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.n_embd, VOCAB_SIZE, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # weight tying
         self.apply(self._init_weights)
         for name, p in self.named_parameters():

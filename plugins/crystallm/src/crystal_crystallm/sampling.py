@@ -113,7 +113,8 @@ def _choose(
 ) -> torch.Tensor:
     """Next token per row of ``logits`` ``(A, V)`` → ``(A,)``."""
     z = logits.float() / temperature
-    z[:, pad] = -torch.inf
+    if pad < z.shape[-1]:  # released models (371 ids) have no <pad> logit
+        z[:, pad] = -torch.inf
     if greedy:
         return z.argmax(dim=-1)
     if top_k is not None and top_k < z.shape[-1]:
