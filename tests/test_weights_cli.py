@@ -81,8 +81,17 @@ def test_list_info_download_verify(remote, capsys):
     assert "MISMATCH" in capsys.readouterr().err
 
 
-def test_download_all_with_progress_bar(remote, capsys):
+def test_download_all_with_progress_bar(remote, capsys, monkeypatch):
+    import crystal.weights as cw
+
     _release, cache = remote
+    real = cw._registry
+
+    def only_fake():  # the real registry holds the authors' release URLs: tests never download
+        every, clashes = real()
+        return {n: v for n, v in every.items() if v[0] == "fake-remote-w"}, clashes
+
+    monkeypatch.setattr(cw, "_registry", only_fake)
     assert main(["weights", "download", "--all"]) == 0
     assert _cached(cache, "fake-remote").is_file() and _cached(cache, "fake-other").is_file()
     assert main(["weights", "download", "fake-other"]) == 0
