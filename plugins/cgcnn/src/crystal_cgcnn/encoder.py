@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ _WHO = "encoder 'cgcnn'"
 _HEX64 = r"^[0-9a-f]{64}$"
 #: architecture fields read from an original checkpoint's ``args``
 _ORIGINAL_ARCH = ("atom_fea_len", "n_conv", "h_fea_len", "n_h")
+#: config fields that are run-time choices, not architecture: never saved, never clash with a checkpoint
+_RUNTIME = frozenset({"neighbor_order"})
 
 
 #: the named weights this component ships (declared once: `crystal plugins manifest --write`
@@ -131,6 +133,14 @@ class CGCNNConfig(EncoderConfig):
     max_num_nbr: int = Field(12, ge=1, description="neighbours kept per atom (the nearest ones)")
     dmin: float = Field(0.0, ge=0, description="first Gaussian centre, Å")
     step: float = Field(0.2, gt=0, description="Gaussian spacing and width σ, Å")
+    neighbor_order: Literal["batched", "reference"] = Field(
+        "batched",
+        description="how each atom's max_num_nbr neighbours are chosen among neighbours at equal distance: "
+        "'batched' (one batched search for the whole batch, ties by neighbour index; fast) or 'reference' "
+        "(pymatgen's get_all_neighbors order + stable distance sort, crystal by crystal, exactly as the "
+        "original code; reproduces its predictions on cells with equidistant neighbours, e.g. ideal cubic "
+        "perovskites). A runtime choice: not stored in checkpoints",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CGCNNConfig:
@@ -286,6 +296,7 @@ class CGCNNEncoder(TrainableEncoder):
             dropout=_dropout(config, targets),
             structure_width=targets.structure_width,
             atom_width=targets.atom_width,
+            neighbor_order=config.neighbor_order,
         )
 
     # ---------------------------------------------------------------- loading
@@ -314,6 +325,16 @@ class CGCNNEncoder(TrainableEncoder):
             )
         self.checkpoint_sha256 = digest
         return self._convert_original(_parse_original(obj, digest))
+
+    def _merge_config(self, ckpt: dict[str, Any]) -> ComponentConfig:
+        """As the base class, with ``neighbor_order`` a runtime field (any checkpoint runs in
+        either mode; the saved value, if any, is ignored)."""
+        from crystal.weights import merge_checkpoint_config
+
+        saved = dict(ckpt.get("config") or {})
+        saved.pop("neighbor_order", None)
+        saved["targets"] = list(ckpt.get("targets") or [])
+        return merge_checkpoint_config(self, saved, RUNTIME_FIELDS | _RUNTIME, kind="encoder")  # type: ignore[no-any-return]
 
     def _original_target(self, task: str) -> TargetSpec:
         cfg = self.config
@@ -396,6 +417,8 @@ class CGCNNEncoder(TrainableEncoder):
         dict (``model.element_features``), so ``atom_init`` is not needed to load it; where
         they came from is recorded in ``metadata["element_features"]``."""
         ckpt = super().checkpoint(metadata)
+        for key in _RUNTIME:
+            ckpt["config"].pop(key, None)
         ckpt["config"]["atom_init"] = None
         ckpt["config"]["atom_init_sha256"] = None
         ckpt["metadata"].setdefault("element_features", dict(self.element_features_info))
