@@ -200,7 +200,7 @@ def _safe_globals() -> list[Any]:
 
 def _load_any(path: Path, sha256: str | None) -> tuple[Any, str]:
     """Verify (when ``sha256`` is given) and load ``path`` weights-only; returns ``(object, digest)``."""
-    from crystal.weights import sha256sum
+    from crystal.weights import refused_pickle_message, sha256sum
 
     path = Path(path)
     if not path.is_file():
@@ -212,7 +212,7 @@ def _load_any(path: Path, sha256: str | None) -> tuple[Any, str]:
         with torch.serialization.safe_globals(_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"{_WHO}: cannot load checkpoint {str(path)!r} (weights-only): {exc}") from None
+        raise WeightsError(f"{_WHO}: {refused_pickle_message(path, exc)}") from None
     return obj, digest
 
 
@@ -259,6 +259,11 @@ class CGCNNEncoder(TrainableEncoder):
     consumes: ClassVar[str] = "crystal"
     produces: ClassVar[str] = "properties"
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+
+    @property
+    def graph_cutoff(self) -> float:
+        """The neighbour radius (Å): crystals with an isolated atom are reported, not predicted."""
+        return float(self.config.radius)  # type: ignore[attr-defined]
     #: weights trained by us and shipped in the package (model cards in crystal_cgcnn/weights/)
     weights: ClassVar[tuple[str, ...]] = WEIGHTS
 
