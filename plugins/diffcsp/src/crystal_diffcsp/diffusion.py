@@ -191,6 +191,68 @@ class DiffCSP(nn.Module):
         return torch.multinomial(w, count, replacement=True, generator=generator)
 
     @torch.no_grad()
+    def reverse_step(
+        self,
+        t: int,
+        s: int,
+        types: torch.Tensor,
+        frac: torch.Tensor,
+        lat: torch.Tensor,
+        num_atoms: torch.Tensor,
+        batch: torch.Tensor,
+        edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        step_lr: float,
+        noise_corrector: torch.Tensor | None,
+        noise_f: torch.Tensor,
+        noise_l: torch.Tensor,
+        noise_a: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One predictor–corrector step from time ``t`` to ``s < t`` with the given noises.
+
+        ``types`` (N,) atomic numbers (csp) or (N, 100) noisy one-hot (ab initio), ``frac`` (N, 3),
+        ``lat`` (B, 3, 3) Å. ``noise_corrector`` (N, 3) drives the Langevin corrector on the
+        coordinates (``None``: no corrector); ``noise_f`` (N, 3), ``noise_l`` (B, 3, 3) and, ab
+        initio, ``noise_a`` (N, 100) the predictor (zeros on the last step, as the reference).
+        Returns the new ``(frac, lat, types)``; ``frac`` wrapped to [0, 1). With ``s = t − 1`` the
+        coefficients are the schedule's own (``α_t``, posterior std ``σ_t``), exactly as the
+        reference sampler; otherwise the DDPM posterior between ``t`` and ``s`` (respacing).
+        """
+        c = self.config
+        dtype = lat.dtype
+        b = int(num_atoms.shape[0])
+        if s == t - 1:
+            alpha = self.beta.alphas.to(torch.float64)[t]
+            abar_t = self.beta.alphas_cumprod.to(torch.float64)[t]
+            post_std = float(self.beta.sigmas[t])
+        else:
+            abar_all = self.beta.alphas_cumprod.to(torch.float64)
+            abar_t, abar_s = abar_all[t], abar_all[s]
+            alpha = abar_t / abar_s
+            post_std = float(((1 - alpha) * (1 - abar_s) / (1 - abar_t)).sqrt())
+        c0 = float(1 / alpha.sqrt())
+        c1 = float((1 - alpha) / (1 - abar_t).sqrt())
+        sig_t, sig_s = float(self.sigma.sigmas[t]), float(self.sigma.sigmas[s])
+        score_scale = float(self.sigma.sigmas_norm[t].to(torch.float64).sqrt())
+        temb = self.time_embedding(torch.full((b,), t, device=lat.device)).to(dtype)
+
+        if noise_corrector is not None:  # Langevin corrector on the coordinates
+            _, pred_f, _ = self.net(temb, types, frac, lat, num_atoms, batch, edges)
+            gamma = step_lr * (sig_t / c.sigma_begin) ** 2
+            frac = torch.remainder(frac + gamma * pred_f * score_scale + (2 * gamma) ** 0.5 * noise_corrector, 1.0)
+
+        # predictor
+        pred_l, pred_f, pred_a = self.net(temb, types, frac, lat, num_atoms, batch, edges)
+        step = sig_t**2 - sig_s**2
+        std_f = (sig_s**2 * step / sig_t**2) ** 0.5
+        frac = torch.remainder(frac + step * pred_f * score_scale + std_f * noise_f, 1.0)
+        lat = c0 * (lat - c1 * pred_l) + post_std * noise_l
+        if pred_a is not None:
+            assert noise_a is not None, "ab initio steps need noise_a"
+            types = c0 * (types - c1 * pred_a) + post_std * noise_a
+        return frac, lat, types
+
+    @torch.no_grad()
     def sample(
         self,
         num_atoms: torch.Tensor,
@@ -232,8 +294,6 @@ class DiffCSP(nn.Module):
         lat = randn(b, 3, 3)
         frac = torch.rand(n, 3, generator=generator, device=dev, dtype=dtype)
         types = randn(n, MAX_ATOMIC_NUMBER) if ab_initio else atomic_numbers.to(dev)  # type: ignore[union-attr]
-        abar_all = self.beta.alphas_cumprod.to(torch.float64)
-        sig_all = self.sigma.sigmas.to(torch.float64)
         grid = self.time_grid(steps)
         if start is not None:
             if ab_initio:
@@ -244,33 +304,18 @@ class DiffCSP(nn.Module):
         for k, t in enumerate(grid):
             s = grid[k + 1] if k + 1 < len(grid) else 0
             last = s == 0
-            abar_t, abar_s = abar_all[t], abar_all[s]
-            alpha = abar_t / abar_s
-            c0 = float(1 / alpha.sqrt())
-            c1 = float((1 - alpha) / (1 - abar_t).sqrt())
-            post_std = float(((1 - alpha) * (1 - abar_s) / (1 - abar_t)).sqrt())
-            sig_t, sig_s = float(sig_all[t]), float(sig_all[s])
-            score_scale = float(self.sigma.sigmas_norm[t].to(torch.float64).sqrt())
-            temb = self.time_embedding(torch.full((b,), t, device=dev)).to(dtype)
-
-            if corrector:  # Langevin corrector on the coordinates
-                _, pred_f, _ = self.net(temb, types, frac, lat, num_atoms, batch, edges)
-                gamma = step_lr * (sig_t / c.sigma_begin) ** 2
-                noise = torch.zeros_like(frac) if last else randn(n, 3)
-                frac = torch.remainder(frac + gamma * pred_f * score_scale + (2 * gamma) ** 0.5 * noise, 1.0)
-
-            # predictor
-            pred_l, pred_f, pred_a = self.net(temb, types, frac, lat, num_atoms, batch, edges)
+            noise_c = None
+            if corrector:
+                noise_c = torch.zeros_like(frac) if last else randn(n, 3)
             noise_f = torch.zeros_like(frac) if last else randn(n, 3)
             noise_l = torch.zeros_like(lat) if last else randn(b, 3, 3)
-            step = sig_t**2 - sig_s**2
-            std_f = (sig_s**2 * step / sig_t**2) ** 0.5
-            frac = torch.remainder(frac + step * pred_f * score_scale + std_f * noise_f, 1.0)
-            lat = c0 * (lat - c1 * pred_l) + post_std * noise_l
+            noise_a = None
             if ab_initio:
-                assert pred_a is not None
                 noise_a = torch.zeros_like(types) if last else randn(n, MAX_ATOMIC_NUMBER)
-                types = c0 * (types - c1 * pred_a) + post_std * noise_a
+            frac, lat, types = self.reverse_step(
+                t, s, types, frac, lat, num_atoms, batch, edges,
+                step_lr=step_lr, noise_corrector=noise_c, noise_f=noise_f, noise_l=noise_l, noise_a=noise_a,
+            )  # fmt: skip
 
         if ab_initio:
             allowed = allowed_types if allowed_types is not None else torch.as_tensor(c.elements, dtype=torch.long)

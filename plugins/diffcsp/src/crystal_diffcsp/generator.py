@@ -124,7 +124,9 @@ class DiffCSPConfig(ComponentConfig):
         "pass checkpoint)",
     )
     checkpoint: str | None = Field(
-        None, description="path to a model.pt from crystal_diffcsp.train (overrides weights)"
+        None,
+        description="path to a model.pt from crystal_diffcsp.train, or a released reference DiffCSP run "
+        "(a folder with epoch=...ckpt + hparams.yaml, or the .ckpt; loaded weights-only); overrides weights",
     )
     composition: str | None = Field(
         None,

@@ -7,6 +7,7 @@ Both are indexed by the integer time ``t = 0 … T``; index 0 is the clean data 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -58,6 +59,13 @@ class BetaSchedule(nn.Module):
             self.register_buffer(name, value.float(), persistent=False)
 
 
+@lru_cache(maxsize=8)
+def _sigma_table(timesteps: int, sigma_begin: float, sigma_end: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T,) σ_t and E[(∇ log p_{σ_t})²] in float64 (the quadrature takes seconds: computed once per schedule)."""
+    sig = torch.exp(torch.linspace(math.log(sigma_begin), math.log(sigma_end), timesteps, dtype=torch.float64))
+    return sig, wrapped_normal_score_sq_mean(sig)
+
+
 class SigmaSchedule(nn.Module):
     """Geometric σ_t from ``sigma_begin`` (t = 1) to ``sigma_end`` (t = T), σ₀ = 0.
 
@@ -73,8 +81,7 @@ class SigmaSchedule(nn.Module):
         self.timesteps = int(timesteps)
         self.sigma_begin = float(sigma_begin)
         self.sigma_end = float(sigma_end)
-        sig = torch.exp(torch.linspace(math.log(sigma_begin), math.log(sigma_end), timesteps, dtype=torch.float64))
-        norm = wrapped_normal_score_sq_mean(sig)
+        sig, norm = _sigma_table(int(timesteps), float(sigma_begin), float(sigma_end))
         self.register_buffer("sigmas", torch.cat([torch.zeros(1, dtype=torch.float64), sig]).float(), persistent=False)
         self.register_buffer(
             "sigmas_norm", torch.cat([torch.ones(1, dtype=torch.float64), norm]).float(), persistent=False
