@@ -110,13 +110,18 @@ class InteractionBlock(nn.Module):
         edge_attrs: torch.Tensor,
         edge_feats: torch.Tensor,
         edge_index: torch.Tensor,
+        cutoff: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """node_feats (N, node.dim), node_attrs (N, Z) one-hot, edge_attrs (E, sh.dim), edge_feats (E, R),
-        edge_index (2, E) -> (A (N, K, D), sc (N, sc.dim) or None)."""
+        edge_index (2, E), cutoff (E, 1) envelope applied to the radial MLP's output (models whose radial
+        features carry no envelope, mace-torch's ``apply_cutoff=False``) or None
+        -> (A (N, K, D), sc (N, sc.dim) or None)."""
         receiver, sender = edge_index[0], edge_index[1]
         sc = self.skip_tp(node_feats, node_attrs) if self.residual else None
         h = self.linear_up(node_feats)
         weights = self.radial(edge_feats)  # (E, weight_numel)
+        if cutoff is not None:
+            weights = weights * cutoff
         messages = self.conv_tp(h[sender], edge_attrs, weights)  # (E, mid.dim)
         summed = torch.zeros(node_feats.shape[0], messages.shape[1], dtype=messages.dtype, device=messages.device)
         summed = summed.index_add(0, receiver, messages)

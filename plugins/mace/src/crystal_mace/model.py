@@ -7,8 +7,9 @@ Per layer ``t = 1 … T`` (T = ``num_interactions``)::
     E^{(t)}_i       = Readout^{(t)}(h^{(t)}_i)                       linear for t < T, 16x0e MLP for t = T
 
 with ``h^{(0)}_i = W z_i`` (a linear embedding of the one-hot element) and the per-atom energy
-``e_i = scale · Σ_t E^{(t)}_i + shift`` (reference energies e0 are added by core). Layer T keeps
-only scalars (``K x 0e``), as in the reference code.
+``e_i = scale · (V^{ZBL}_i + Σ_t E^{(t)}_i) + shift`` (reference energies e0 are added by core; the
+ZBL pair repulsion V^{ZBL} only with ``pair_repulsion``). Layer T keeps only scalars (``K x 0e``), as in
+the reference code.
 
 Forward (crystal's trainable-potential contract): ``species (N,)`` element indices, ``edge_index
 (2, E)`` rows (receiver i, sender j), ``vectors (E, 3) = r_j − r_i (+ shift)`` Å, ``batch (N,)``,
@@ -25,7 +26,7 @@ from torch import nn
 
 from crystal_mace.interaction import InteractionBlock
 from crystal_mace.product_basis import ProductBasisBlock
-from crystal_mace.radial import RadialEmbedding
+from crystal_mace.radial import AgnesiTransform, PairRepulsion, RadialEmbedding, _default_covalent_radii
 from crystal_mace.readout import LinearReadout, NonLinearReadout
 
 __all__ = ["MACE"]
@@ -49,6 +50,17 @@ class MACE(nn.Module):
         avg_num_neighbors: neighbour-sum normalisation.
         scale, shift: ``e_i = scale · E_int,i + shift`` (eV); plain floats (set from the data, saved in the
             config), not parameters.
+        gate: the readout MLP's activation (``"silu"``, ``"tanh"``, ``"abs"``, ``"none"``).
+        pair_repulsion: add the ZBL screened nuclear repulsion (:class:`~crystal_mace.radial.PairRepulsion`)
+            to the interaction energy before scale and shift (MACE-MP-0b, MACE-MPA-0).
+        distance_transform: ``"none"`` or ``"agnesi"`` (:class:`~crystal_mace.radial.AgnesiTransform`: the
+            Bessel basis sees a transformed distance, MACE-MP-0b, MACE-MPA-0).
+        apply_cutoff: multiply the radial features by the envelope (True, MACE's default) or, instead,
+            the radial MLP's output (False, mace-torch's ``apply_cutoff=False``).
+        atomic_numbers: atomic number of every species index (needed with pair_repulsion or
+            distance_transform; their covalent radii come from ``covalent_radii`` or ASE's table).
+        covalent_radii: covalent radius (Å) of every species index (saved as buffers; a loaded model
+            overwrites them with its own).
         interaction_first: ``"residual"`` (every layer, incl. the first, has the element-dependent
             self-connection, MACE's ``RealAgnosticResidualInteractionBlock``) or ``"non_residual"`` (the
             first layer uses ``RealAgnosticInteractionBlock``: element-dependent linear map of the message,
@@ -71,6 +83,12 @@ class MACE(nn.Module):
         scale: float = 1.0,
         shift: float = 0.0,
         interaction_first: str = "residual",
+        gate: str = "silu",
+        pair_repulsion: bool = False,
+        distance_transform: str = "none",
+        apply_cutoff: bool = True,
+        atomic_numbers: Sequence[int] | None = None,
+        covalent_radii: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if num_elements < 1:
@@ -97,6 +115,20 @@ class MACE(nn.Module):
 
         self.node_embedding = o3.Linear(o3.Irreps(f"{num_elements}x0e"), o3.Irreps(f"{num_channels}x0e"))
         self.radial_embedding = RadialEmbedding(r_max, num_bessel, num_polynomial_cutoff)
+        if distance_transform not in ("none", "agnesi"):
+            raise ValueError(f"distance_transform must be 'none' or 'agnesi', got {distance_transform!r}")
+        self.apply_cutoff = bool(apply_cutoff)
+        self.distance_transform: AgnesiTransform | None = None
+        self.pair_repulsion: PairRepulsion | None = None
+        if pair_repulsion or distance_transform != "none":
+            if atomic_numbers is None or len(atomic_numbers) != num_elements:
+                raise ValueError("pair_repulsion / distance_transform need the atomic number of every species")
+            zs = [int(z) for z in atomic_numbers]
+            radii = [float(r) for r in covalent_radii] if covalent_radii is not None else _default_covalent_radii(zs)
+            if distance_transform == "agnesi":
+                self.distance_transform = AgnesiTransform(radii)
+            if pair_repulsion:
+                self.pair_repulsion = PairRepulsion(zs, radii, num_polynomial_cutoff)
         sh_irreps = o3.Irreps.spherical_harmonics(max_ell)
         self.spherical_harmonics = o3.SphericalHarmonics(sh_irreps, normalize=True, normalization="component")
         # A carries K copies of every spherical-harmonic irrep: K x (0e + 1o + 2e + 3o)
@@ -126,7 +158,7 @@ class MACE(nn.Module):
             )
             self.products.append(ProductBasisBlock(coupling_irreps, out_irreps, corr[t], num_elements, use_sc=residual))
             if last and num_interactions > 1:
-                self.readouts.append(NonLinearReadout(out_irreps, o3.Irreps(mlp_irreps)))
+                self.readouts.append(NonLinearReadout(out_irreps, o3.Irreps(mlp_irreps), gate))
             else:
                 self.readouts.append(LinearReadout(out_irreps))
             node_irreps = out_irreps
@@ -145,10 +177,20 @@ class MACE(nn.Module):
         h = self.node_embedding(node_attrs)  # (N, K)
         lengths = torch.linalg.vector_norm(vectors, dim=-1)  # (E,)
         edge_attrs = self.spherical_harmonics(vectors)  # (E, (max_ell+1)^2)
-        edge_feats = self.radial_embedding(lengths)  # (E, num_bessel)
+        radial = self.radial_embedding
+        envelope = radial.cutoff(lengths).unsqueeze(-1)  # (E, 1)
+        x = lengths if self.distance_transform is None else self.distance_transform(lengths, species, edge_index)
+        edge_feats = radial.bessel(x)  # (E, num_bessel)
+        cutoff = None
+        if self.apply_cutoff:
+            edge_feats = edge_feats * envelope
+        else:
+            cutoff = envelope
         energy = torch.zeros(species.shape[0], dtype=dtype, device=vectors.device)
+        if self.pair_repulsion is not None:
+            energy = energy + self.pair_repulsion(lengths, species, edge_index)
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts, strict=True):
-            a, sc = interaction(h, node_attrs, edge_attrs, edge_feats, edge_index)
+            a, sc = interaction(h, node_attrs, edge_attrs, edge_feats, edge_index, cutoff)
             h = product(a, sc, species)
             energy = energy + readout(h)
         return self.scale * energy + self.shift

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -41,6 +42,119 @@ def _irreps(value: str, what: str, scalars_only: bool = False) -> str:
         raise ValueError(f"{what} {value!r} must hold scalars (0e) only")
     return str(irreps)
 
+
+_CONVERTER = "crystal_mace.convert:convert_module"
+_MP_CITATION = (
+    "I. Batatia et al., A foundation model for atomistic materials chemistry, arXiv:2401.00096 (2023); "
+    "MACE: I. Batatia et al., NeurIPS 35 (2022)"
+)
+_MPTRJ = (
+    "MPtrj (Deng et al. 2023): ~1.58 M structures of Materials Project relaxation trajectories, 89 elements, "
+    "PBE/PBE+U energies, forces and stresses"
+)
+_OFF_CITATION = (
+    "D. P. Kovács et al., MACE-OFF23: Transferable machine learning force fields for organic molecules, "
+    "arXiv:2312.15211 (2023)"
+)
+_SPICE = "SPICE v1 (Eastman et al. 2023), neutral molecules of H C N O F P S Cl Br I, ωB97M-D3(BJ)/def2-TZVPPD"
+_ASL = "ASL (Academic Software License, non-commercial)"
+_PICKLED = (
+    " Released as a pickled mace-torch module: run `crystal weights import --trust-pickle FILE` once in an "
+    "environment with mace-torch to convert it to weights-only (crystal never unpickles it otherwise)."
+)
+
+
+def _foundation(name: str, url: str, sha256: str | None, size: int | None, **kw: Any) -> WeightsManifest:
+    kw["description"] = kw["description"] + _PICKLED
+    return WeightsManifest(
+        name=name, file=url, sha256=sha256, size=size, format="pickled-module", converter=_CONVERTER, **kw
+    )
+
+
+#: mace-torch's released foundation models, at the authors' URLs (those of mace-torch's
+#: mace/calculators/foundations_models.py). sha256/size of the MP/MPA files: computed from the released
+#: files by third parties (two independent records agree for small and MPA-0; the mace-torch golden tests
+#: pin the MPA-0 digest); medium and large (one record each) and the MACE-OFF23 files are pinned at first
+#: download.
+FOUNDATION_WEIGHTS = (
+    _foundation(
+        "mace-mp-0-small",
+        "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/2023-12-10-mace-128-L0_energy_epoch-249.model",
+        "2ddb079cee0e131eaaf6912ba581b394551ead283e95c99cfe78c605d10b5736",
+        32581838,
+        licence="MIT",
+        citation=_MP_CITATION,
+        training_data=_MPTRJ,
+        description="MACE-MP-0 small: universal potential for 89 elements (128x0e hidden features, max_L 0, 2 layers, "
+        "r_max 6 Å, ScaleShiftMACE).",
+    ),
+    _foundation(
+        "mace-mp-0-medium",
+        "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/2023-12-03-mace-128-L1_epoch-199.model",
+        None,  # one third-party record only (see the description): pinned at first download
+        None,
+        licence="MIT",
+        citation=_MP_CITATION,
+        training_data=_MPTRJ,
+        description="MACE-MP-0 medium: universal potential for 89 elements (128x0e+128x1o, 2 layers, r_max 6 Å, "
+        "ScaleShiftMACE). Digest pinned at first download; one third-party record reports sha256 "
+        "01bfe22100139f424713cf921144e5509cbe353d67aa9fa1be9c6e1e0ed35845, 44,422,970 bytes.",
+    ),
+    _foundation(
+        "mace-mp-0-large",
+        "https://github.com/ACEsuit/mace-mp/releases/download/mace_mp_0/MACE_MPtrj_2022.9.model",
+        None,  # one third-party record only (see the description): pinned at first download
+        None,
+        licence="MIT",
+        citation=_MP_CITATION,
+        training_data=_MPTRJ,
+        description="MACE-MP-0 large: universal potential for 89 elements (the MPtrj 2022.9 model that "
+        "mace-torch's mace_mp(model='large') loads; ScaleShiftMACE). Digest pinned at first download; one "
+        "third-party record reports sha256 f80e992b65ab8f88fdf26964511357c022e92704e4d9bcd086652635a8495b32, "
+        "133,803,220 bytes.",
+    ),
+    _foundation(
+        "mace-mpa-0-medium",
+        "https://github.com/ACEsuit/mace-mp/releases/download/mace_mpa_0/mace-mpa-0-medium.model",
+        "75428afe3a1d7d8062e19bcaabd5c433623cabf308242ec9fb493e38604fb638",
+        79462305,
+        licence="MIT",
+        citation=_MP_CITATION,
+        training_data=_MPTRJ + "; plus sAlex (a subsample of the Alexandria PBE data set)",
+        description="MACE-MPA-0 medium: universal potential for 89 elements, mace-torch's default since 0.3.10 "
+        "(ZBL pair repulsion, Agnesi distance transform).",
+    ),
+    _foundation(
+        "mace-off23-small",
+        "https://github.com/ACEsuit/mace-off/raw/main/mace_off23/MACE-OFF23_small.model",
+        None,
+        None,
+        licence=_ASL,
+        citation=_OFF_CITATION,
+        training_data=_SPICE,
+        description="MACE-OFF23 small: organic force field (96 channels, L=0, r_max 4.5 Å).",
+    ),
+    _foundation(
+        "mace-off23-medium",
+        "https://github.com/ACEsuit/mace-off/raw/main/mace_off23/MACE-OFF23_medium.model",
+        None,
+        None,
+        licence=_ASL,
+        citation=_OFF_CITATION,
+        training_data=_SPICE,
+        description="MACE-OFF23 medium: organic force field (128 channels, L=1, r_max 5 Å).",
+    ),
+    _foundation(
+        "mace-off23-large",
+        "https://github.com/ACEsuit/mace-off/raw/main/mace_off23/MACE-OFF23_large.model",
+        None,
+        None,
+        licence=_ASL,
+        citation=_OFF_CITATION,
+        training_data=_SPICE,
+        description="MACE-OFF23 large: organic force field (192 channels, L=2, r_max 5 Å).",
+    ),
+)
 
 #: the named weights this component ships (declared once: `crystal plugins manifest --write`
 #: copies them into crystal_plugin.toml, the config's `weights` field accepts exactly these names)
@@ -137,6 +251,7 @@ WEIGHTS = NamedWeights(
             "test_forces_mae_eV_per_A": 0.065,
         },
     ),
+    *FOUNDATION_WEIGHTS,
 )
 
 
@@ -181,6 +296,34 @@ class MACEConfig(PotentialConfig):
         description="first layer: 'residual' (element-dependent self-connection of the embedding, MACE's "
         "RealAgnosticResidualInteractionBlock, the paper's update and mace-torch's ScaleShiftMACE default) or 'non_residual' (element-dependent linear map "
         "of the message, no self-connection; mace-torch's --model MACE)",
+    )
+    gate: Literal["silu", "tanh", "abs", "none"] = Field(
+        "silu", description="activation of the last layer's readout MLP (mace-torch's --gate)"
+    )
+    pair_repulsion: bool = Field(
+        False,
+        description="add ZBL screened nuclear repulsion (per-element covalent-radius envelope) to the "
+        "interaction energy, as MACE-MP-0b / MACE-MPA-0 (mace-torch's --pair_repulsion)",
+    )
+    distance_transform: Literal["none", "agnesi"] = Field(
+        "none",
+        description="transform of the distance seen by the Bessel basis: 'agnesi' as MACE-MP-0b / MACE-MPA-0 "
+        "(mace-torch's --distance_transform Agnesi)",
+    )
+    apply_cutoff: bool = Field(
+        True,
+        description="envelope on the radial features (True, MACE's default) or on the radial MLP's output "
+        "(False, mace-torch's apply_cutoff=False)",
+    )
+    covalent_radii: tuple[float, ...] | None = Field(
+        None,
+        description="Å, one per element (in `elements` order), used by pair_repulsion and the Agnesi "
+        "transform; default: ASE's covalent radii (released models carry theirs)",
+    )
+    head: str | None = Field(
+        None,
+        description="the head of a multi-head mace-torch model to load (default: 'Default', else the first); "
+        "recorded with the converted weights",
     )
     avg_num_neighbors: float = Field(
         1.0,
@@ -233,6 +376,8 @@ class MACEConfig(PotentialConfig):
             )
         if any(c < 1 or c > 4 for c in corr):
             raise ValueError(f"correlation must be in 1..4, got {self.correlation}")
+        if self.covalent_radii is not None and self.elements and len(self.covalent_radii) != len(self.elements):
+            raise ValueError(f"covalent_radii has {len(self.covalent_radii)} entries for {len(self.elements)} elements")
         return self
 
 
@@ -271,6 +416,9 @@ class MACEPotential(TrainablePotential):
         """A fresh :class:`MACE` for ``config`` (built in float64: exact coupling bases; core casts it to
         ``config.dtype``)."""
         assert isinstance(config, MACEConfig)
+        from crystal.elements import atomic_number
+
+        needs_z = config.pair_repulsion or config.distance_transform != "none"
         with _default_dtype(torch.float64):
             return MACE(
                 num_elements=len(config.elements),
@@ -287,7 +435,53 @@ class MACEPotential(TrainablePotential):
                 scale=config.scale,
                 shift=config.shift,
                 interaction_first=config.interaction_first,
+                gate=config.gate,
+                pair_repulsion=config.pair_repulsion,
+                distance_transform=config.distance_transform,
+                apply_cutoff=config.apply_cutoff,
+                atomic_numbers=[atomic_number(el) for el in config.elements] if needs_z else None,
+                covalent_radii=list(config.covalent_radii) if config.covalent_radii is not None else None,
             )
+
+    def _read_checkpoint(self) -> dict[str, Any] | None:
+        """Named weights of mace-torch's released models (``format = "pickled-module"``: their weights-only
+        conversion, see :mod:`crystal_mace.convert`) and ``checkpoint`` files holding such a payload are
+        converted to a crystal checkpoint here; everything else is core's crystal checkpoint."""
+        from crystal.errors import ConfigError, WeightsError
+        from crystal.weights import load_state_dict, resolve_weights, sha256sum
+        from crystal_mace.convert import PAYLOAD_FORMAT, payload_to_checkpoint
+
+        cfg = self.config
+        assert isinstance(cfg, MACEConfig)
+        payload: Any = None
+        digest: str | None = None
+        if cfg.weights is not None and cfg.checkpoint is None:
+            entry = type(self).weights.entry(cfg.weights)
+            if entry.format == "pickled-module":
+                path, _entry = resolve_weights(cfg.weights)
+                payload, digest = load_state_dict(cfg.weights), sha256sum(path)
+        elif cfg.checkpoint is not None and cfg.weights is None and Path(cfg.checkpoint).is_file():
+            digest = sha256sum(Path(cfg.checkpoint))
+            if cfg.sha256 is not None and digest != cfg.sha256:
+                raise WeightsError(
+                    f"potential 'mace': checkpoint {str(cfg.checkpoint)!r} has sha256 {digest}, expected {cfg.sha256}"
+                )
+            try:
+                obj = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True)
+            except Exception:  # not weights-only: core's reader gives the error
+                obj = None
+            if isinstance(obj, dict) and obj.get("format") == "crystal-converted-weights":
+                obj = obj.get("payload")
+            if isinstance(obj, dict) and obj.get("format") == PAYLOAD_FORMAT:
+                payload = obj
+        if payload is None:
+            return super()._read_checkpoint()
+        try:
+            ckpt = payload_to_checkpoint(payload, head=cfg.head)
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"potential 'mace': cannot load the mace-torch model: {exc}") from None
+        self.checkpoint_sha256 = digest
+        return ckpt
 
     @classmethod
     def statistics(cls, config: Any, data: CrystalBatch, energy_offsets: torch.Tensor, graph: Any) -> dict[str, Any]:

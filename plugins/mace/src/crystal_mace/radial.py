@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["BesselBasis", "PolynomialCutoff", "RadialEmbedding"]
+__all__ = ["AgnesiTransform", "BesselBasis", "PairRepulsion", "PolynomialCutoff", "RadialEmbedding"]
 
 
 class BesselBasis(nn.Module):
@@ -70,3 +70,88 @@ class RadialEmbedding(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         return self.bessel(r) * self.cutoff(r).unsqueeze(-1)
+
+
+def _default_covalent_radii(atomic_numbers: list[int]) -> list[float]:
+    """Covalent radii (Å) of ``atomic_numbers`` from ASE's table (the one mace-torch uses); only needed
+    for a *fresh* model with ZBL repulsion or the Agnesi transform (a loaded one carries its radii)."""
+    try:
+        from ase.data import covalent_radii
+    except ImportError:  # pragma: no cover - ase is a test dependency
+        raise ImportError(
+            "a new MACE model with pair_repulsion or distance_transform='agnesi' needs covalent radii: "
+            "install ase (or load released weights, which carry them)"
+        ) from None
+    return [float(covalent_radii[z]) for z in atomic_numbers]
+
+
+class AgnesiTransform(nn.Module):
+    """Agnesi distance transform (Witt et al., JCP 2023, ACEpotentials.jl), as in MACE-MP-0b/MPA-0::
+
+        t(r) = 1 / (1 + a (r/r0)^q / (1 + (r/r0)^(q−p))),    r0 = (R_cov(z_i) + R_cov(z_j)) / 2
+
+    The Bessel basis is evaluated at ``t(r)``; the polynomial envelope stays on ``r``. Per-element
+    covalent radii are buffers (saved with the weights). (E,) Å -> (E,) dimensionless.
+    """
+
+    def __init__(self, radii: list[float], q: float = 0.9183, p: float = 4.5791, a: float = 1.0805) -> None:
+        super().__init__()
+        dtype = torch.get_default_dtype()
+        self.register_buffer("radii", torch.tensor(radii, dtype=dtype))
+        self.register_buffer("q", torch.tensor(q, dtype=dtype))
+        self.register_buffer("p", torch.tensor(p, dtype=dtype))
+        self.register_buffer("a", torch.tensor(a, dtype=dtype))
+
+    def forward(self, r: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        r0 = 0.5 * (self.radii[species[edge_index[0]]] + self.radii[species[edge_index[1]]])
+        x = r / r0
+        return (1 + self.a * torch.pow(x, self.q) / (1 + torch.pow(x, self.q - self.p))).reciprocal()
+
+
+class PairRepulsion(nn.Module):
+    """ZBL screened nuclear repulsion (Ziegler, Biersack & Littmark 1985) with MACE's envelope, as the
+    ``pair_repulsion`` term of MACE-MP-0b/MPA-0::
+
+        a_ij   = 0.4543 · 0.529 / (Z_i^0.300 + Z_j^0.300)                         Å
+        φ(x)   = 0.1818 e^{−3.2x} + 0.5099 e^{−0.9423x} + 0.2802 e^{−0.4028x} + 0.02817 e^{−0.2016x}
+        V_ij   = 14.3996 Z_i Z_j / r · φ(r / a_ij) · f_cut(r; R_cov(z_i) + R_cov(z_j), p)     eV
+        e_i   += ½ Σ_j V_ij
+
+    (14.3996 eV Å = e²/4πε0.) Added to the interaction energy before scale and shift, as in
+    mace-torch's ScaleShiftMACE. Constants and per-element radii are buffers. -> (N,) eV.
+    """
+
+    def __init__(self, atomic_numbers: list[int], radii: list[float], p: int = 5) -> None:
+        super().__init__()
+        dtype = torch.get_default_dtype()
+        self.p = int(p)
+        self.register_buffer("z", torch.tensor([float(z) for z in atomic_numbers], dtype=dtype))
+        self.register_buffer("radii", torch.tensor(radii, dtype=dtype))
+        self.register_buffer("c", torch.tensor([0.1818, 0.5099, 0.2802, 0.02817], dtype=dtype))
+        self.register_buffer("a_exp", torch.tensor(0.300, dtype=dtype))
+        self.register_buffer("a_prefactor", torch.tensor(0.4543, dtype=dtype))
+
+    def forward(self, r: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        si, sj = species[edge_index[0]], species[edge_index[1]]
+        zi, zj = self.z[si], self.z[sj]
+        a = self.a_prefactor * 0.529 / (torch.pow(zi, self.a_exp) + torch.pow(zj, self.a_exp))
+        x = r / a
+        phi = (
+            self.c[0] * torch.exp(-3.2 * x)
+            + self.c[1] * torch.exp(-0.9423 * x)
+            + self.c[2] * torch.exp(-0.4028 * x)
+            + self.c[3] * torch.exp(-0.2016 * x)
+        )
+        v = (14.3996 * zi * zj) / r * phi
+        r_max = self.radii[si] + self.radii[sj]
+        p = float(self.p)
+        y = r / r_max
+        env = (
+            1.0
+            - (p + 1.0) * (p + 2.0) / 2.0 * y**self.p
+            + p * (p + 2.0) * y ** (self.p + 1)
+            - p * (p + 1.0) / 2.0 * y ** (self.p + 2)
+        ) * (r < r_max).to(r.dtype)
+        v = 0.5 * v * env
+        out = torch.zeros(species.shape[0], dtype=r.dtype, device=r.device)
+        return out.index_add(0, edge_index[0], v)

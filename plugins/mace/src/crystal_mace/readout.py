@@ -14,7 +14,7 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
-__all__ = ["LinearReadout", "NonLinearReadout"]
+__all__ = ["GATES", "LinearReadout", "NonLinearReadout"]
 
 
 class LinearReadout(nn.Module):
@@ -28,14 +28,21 @@ class LinearReadout(nn.Module):
         return self.linear(x).squeeze(-1)
 
 
-class NonLinearReadout(nn.Module):
-    """(N, irreps_in.dim) -> (N,): Linear -> SiLU on ``mlp_irreps`` (e.g. 16x0e) -> Linear."""
+#: the readout gates mace-torch offers (``--gate``), by name
+GATES = {"silu": torch.nn.functional.silu, "tanh": torch.tanh, "abs": torch.abs, "none": None}
 
-    def __init__(self, irreps_in: o3.Irreps, mlp_irreps: o3.Irreps) -> None:
+
+class NonLinearReadout(nn.Module):
+    """(N, irreps_in.dim) -> (N,): Linear -> gate (SiLU by default; e3nn's normalised activation) on
+    ``mlp_irreps`` (e.g. 16x0e) -> Linear."""
+
+    def __init__(self, irreps_in: o3.Irreps, mlp_irreps: o3.Irreps, gate: str = "silu") -> None:
         super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {sorted(GATES)}, got {gate!r}")
         mlp_irreps = o3.Irreps(mlp_irreps)
         self.linear_1 = o3.Linear(o3.Irreps(irreps_in), mlp_irreps)
-        self.act = enn.Activation(mlp_irreps, [torch.nn.functional.silu])
+        self.act = enn.Activation(mlp_irreps, [GATES[gate]])
         self.linear_2 = o3.Linear(mlp_irreps, o3.Irreps("0e"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
