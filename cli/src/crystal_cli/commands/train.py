@@ -152,7 +152,7 @@ def train_potential_cmd(
 ) -> None:
     """Train (or fine-tune) an interatomic potential on energies, forces and stress."""
     from crystal_train.config import apply_train_overrides
-    from crystal_train.potential import load_potential_config, parse_potential_config, train_potential
+    from crystal_train.potential import parse_potential_config, read_potential_toml, train_potential
 
     options = _logger_options(logger) + list(sets or []) + ([f"fit.max_epochs={epochs}"] if epochs is not None else [])
     extra: dict[str, Any] = {}
@@ -168,7 +168,8 @@ def train_potential_cmd(
         if v
     }
     if config_file is not None:
-        raw = load_potential_config(config_file, options).model_dump(mode="json", exclude_unset=True)
+        # validated once, after --init/--train/... are merged: defaults depend on them (fine-tuning)
+        raw = read_potential_toml(config_file, options)
         origin = str(config_file)
     else:
         missing = [o for o, v in (("--potential", potential), ("--train", train_data)) if not v]

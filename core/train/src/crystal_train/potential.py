@@ -15,8 +15,10 @@ weighted loss ``w_E·MSE(E/N) + w_F·MSE(F) + w_S·MSE(σ)`` with :func:`~crysta
 (EMA of weights, early stopping, DDP-ready through Lightning) and evaluate.
 
 Fine-tuning: ``init`` names shipped weights or a checkpoint; the architecture comes from it
-and the data's elements must be among its elements. ``e0s = "refit"`` refits the reference
-energies on the new data (new DFT settings), ``"keep"`` keeps the pretrained ones.
+and the data's elements must be among its elements. ``e0s = "keep"`` (the default with
+``init``) keeps the pretrained reference energies, ``"fit"`` refits them on the new data (new
+DFT settings). Fine-tuning also defaults to a small learning rate (``fit.lr = 1e-4``) so
+that the first epochs do not undo the pretraining; any ``[fit]`` value given wins.
 
 Run directory (``output``): ``model.pt`` (crystal-potential checkpoint), the engine's
 ``metrics.csv``, ``best.pt``, ``checkpoints/``, and the run writers' ``summary.json``,
@@ -93,6 +95,8 @@ _POTENTIAL_FIT_DEFAULTS = {
     "plateau_factor": 0.8,
     "plateau_patience": 50,
 }
+#: [fit] defaults of a fine-tuning run (init given), over the ones above
+_FINE_TUNE_FIT_DEFAULTS = {"lr": 1e-4}
 
 
 class PotentialTrainConfig(StrictModel):
@@ -102,7 +106,9 @@ class PotentialTrainConfig(StrictModel):
     model: dict[str, Any] = Field(default_factory=dict, description="the potential's architecture fields")
     init: str | None = Field(None, description="fine-tune from these named weights or this checkpoint path")
     e0s: Literal["fit", "keep"] = Field(
-        "fit", description="reference energies: least-squares fit on the training split, or keep init's"
+        "fit",
+        description="reference energies: least-squares fit on the training split ('fit'), or keep init's "
+        "('keep'); default: 'keep' when fine-tuning (init), else 'fit'",
     )
     data: PotentialDataConfig
     loss: LossWeights = Field(default_factory=LossWeights)  # type: ignore[arg-type]
@@ -113,8 +119,14 @@ class PotentialTrainConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _fit_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("fit"), dict):
-            data = dict(data, fit=fit_defaults(data["fit"], _POTENTIAL_FIT_DEFAULTS))
+        if not isinstance(data, dict):
+            return data
+        tuning = bool(data.get("init"))
+        if tuning and data.get("e0s") is None:
+            data = dict(data, e0s="keep")
+        if isinstance(data.get("fit"), dict) or (tuning and data.get("fit") is None):
+            defaults = {**_POTENTIAL_FIT_DEFAULTS, **(_FINE_TUNE_FIT_DEFAULTS if tuning else {})}
+            data = dict(data, fit=fit_defaults(data.get("fit") or {}, defaults))
         return data
 
     @model_validator(mode="after")
@@ -161,16 +173,23 @@ def parse_potential_config(data: dict[str, Any], origin: str = "<train-potential
         ) from None
 
 
-def load_potential_config(path: str | Path, overrides: list[str] | None = None) -> PotentialTrainConfig:
-    """Read a potential-training TOML file (data paths, output and a checkpoint ``init``
-    relative to the file), override, validate."""
+def read_potential_toml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A potential-training TOML file as a dict, overridden, with data paths, output and a
+    checkpoint ``init`` made relative to the file; not validated yet (a caller may add fields
+    such as ``init`` first, which changes the defaults of a fine-tuning run)."""
     from crystal_train.config import read_run_toml
 
     data = read_run_toml(path, overrides)
     init = data.get("init")
     if isinstance(init, str) and (Path(init).suffix or os.sep in init) and not Path(init).is_absolute():
         data["init"] = os.path.normpath(Path(path).resolve().parent / init)
-    return parse_potential_config(data, str(path))
+    return data
+
+
+def load_potential_config(path: str | Path, overrides: list[str] | None = None) -> PotentialTrainConfig:
+    """Read a potential-training TOML file (data paths, output and a checkpoint ``init``
+    relative to the file), override, validate."""
+    return parse_potential_config(read_potential_toml(path, overrides), str(path))
 
 
 def _specs(cfg: PotentialTrainConfig) -> tuple[list[TargetSpec], dict[str, str]]:
