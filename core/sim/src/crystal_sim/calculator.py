@@ -43,7 +43,10 @@ class CrystalCalculator(Calculator):  # type: ignore[misc]
             num_atoms=torch.tensor([len(a)], device=device),
             pbc=torch.as_tensor(np.asarray(a.pbc), device=device)[None],
         )
-        want_stress = "stress" in properties
+        # energy, forces and stress come from one evaluation (autograd through the cell): compute
+        # the stress of a fully periodic cell always, so that ASE asking for energy, then forces,
+        # then stress (as optimisers and MD loggers do) does not run the model twice
+        want_stress = "stress" in properties or bool(np.asarray(a.pbc).all())
         out = self.potential.compute(batch, forces=True, stress=want_stress)
         e = float(out.energy[0])
         self.results["energy"] = e
