@@ -14,6 +14,12 @@ from crystal.weights import list_weights
 DATASETS = {"Perov-5": "perov_5", "Carbon-24": "carbon_24"}
 
 
+def _shipped(manifest) -> set[str]:
+    """Weights trained by crystal and shipped in the package (the authors' released ones are
+    downloads, checked by each plugin's parity tests on reference-made fixtures)."""
+    return {w.name for w in manifest.weights if w.file.startswith("package:")}
+
+
 def _encoder_weights() -> list[tuple[str, str]]:
     from crystal.plugins import manifests
 
@@ -23,7 +29,7 @@ def _encoder_weights() -> list[tuple[str, str]]:
             continue
         for comp in manifest.components:
             if comp.kind == "encoder":
-                out += [(comp.name, w) for w in comp.weights]
+                out += [(comp.name, w) for w in comp.weights if w in _shipped(manifest)]
     return out
 
 
@@ -55,7 +61,7 @@ def _potential_weights() -> list[tuple[str, str]]:
             continue
         for comp in manifest.components:
             if comp.kind == "potential" and comp.name == "mace":
-                out += [(comp.name, w) for w in comp.weights]
+                out += [(comp.name, w) for w in comp.weights if w in _shipped(manifest)]
     return out
 
 

@@ -76,11 +76,9 @@ def run(
     """Run a pipeline: source → steps → sinks, into a run directory with a manifest."""
     if resume and run_dir is None:
         raise ConfigError("--resume needs --run-dir DIR (the interrupted run's directory)")
-    if resume and pipeline is None:  # `crystal run --resume --run-dir DIR`: whatever command started it
+    if resume and pipeline is None and not set_:  # `crystal run --resume --run-dir DIR`: the run's own pipeline
         from crystal_pipeline import Pipeline
 
-        if set_:
-            raise ConfigError("--set cannot change a resumed run (it must run the same pipeline)")
         p = Pipeline.from_run_dir(run_dir)  # type: ignore[arg-type]  # checked above
     else:
         p = _load(pipeline, set_ or [])

@@ -315,7 +315,8 @@ def run_map_step(step: Any, batch: CrystalBatch, ctx: StepContext) -> StageOutpu
     outputs = attempt(batch)
     if len(batch) > 1 and len(failures) == len(batch):
         kinds = {type(e) for e in errors}
-        if len(kinds) == 1 and not issubclass(kinds.pop(), CrystalError):
+        oom = all(is_out_of_memory(e) for e in errors)  # each crystal alone too large: bad input, not a bug
+        if len(kinds) == 1 and not issubclass(kinds.pop(), CrystalError) and not oom:
             raise PipelineError(
                 f"step {step.id!r} failed on every crystal of a chunk with the same error "
                 f"({failures[0].reason}); this looks like a bug or a configuration problem, not bad input"

@@ -61,7 +61,12 @@ def make_config(config: XRDConfig | Mapping[str, Any] | None = None, **overrides
         raise ConfigError(format_validation_error(exc, "representation 'xrd'")) from None
 
 
-def _check(batch: CrystalBatch) -> None:
+#: per-crystal limits of the simulation (a larger cell is refused with its reason, not run out of memory)
+MAX_REFLECTIONS = 2_000_000
+MAX_STRUCTURE_FACTOR_TERMS = 100_000_000
+
+
+def _check(batch: CrystalBatch, g_max: float) -> None:
     def ids(index: list[int]) -> str:
         return ", ".join(repr(batch.ids[i]) for i in index[:5]) + (
             f" and {len(index) - 5} more" if len(index) > 5 else ""
@@ -80,6 +85,18 @@ def _check(batch: CrystalBatch) -> None:
     flat = torch.nonzero(batch.volumes < 1e-6).flatten().tolist()
     if flat:
         raise StructureError(f"xrd: crystal(s) {ids(flat)} have a degenerate (zero-volume) cell")
+    # reflections up to g_max grow with the cell volume (2/3 pi g_max^3 V in a half sphere): a
+    # cell of 10^7 Å^3 would need ~10^8 structure factors; refuse it per crystal, clearly
+    est = 2.0 / 3.0 * math.pi * g_max**3 * batch.volumes.detach().to(torch.float64)
+    work = est * batch.num_atoms.to(torch.float64)
+    huge = torch.nonzero((est > MAX_REFLECTIONS) | (work > MAX_STRUCTURE_FACTOR_TERMS)).flatten().tolist()
+    if huge:
+        k = huge[0]
+        raise StructureError(
+            f"xrd: crystal(s) {ids(huge)}: the cell is too large to simulate (volume {float(batch.volumes[k]):.3g} Å^3, "
+            f"~{float(est[k]):.3g} reflections in the 2θ range; limits {MAX_REFLECTIONS:.0e} reflections and "
+            f"{MAX_STRUCTURE_FACTOR_TERMS:.0e} reflection x atom terms per crystal)"
+        )
 
 
 def _chunks(batch: CrystalBatch, bounds: torch.Tensor, g_max: float, budget: int, size: int) -> list[torch.Tensor]:
@@ -126,8 +143,8 @@ def _peaks_chunk(
 
 
 def _raw_peaks(batch: CrystalBatch, cfg: XRDConfig, draws: AugmentDraws | None) -> XRDPeaks:
-    _check(batch)
     _, g_max = g_limits(cfg.two_theta_min, cfg.two_theta_max, cfg.wavelength_angstrom)
+    _check(batch, g_max)
     bounds = index_bounds(batch.lattices, g_max)
     parts: list[XRDPeaks] = []
     order: list[torch.Tensor] = []

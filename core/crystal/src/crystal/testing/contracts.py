@@ -192,6 +192,9 @@ def check_plugin(
 ) -> Component:
     """Load ``kind``/``name`` with its default config (or ``config``) and run the checks of its kind.
 
+    When the default weights are a download that is not in the cache, the first weights the
+    plugin ships are used instead (so the check never downloads).
+
     A trainable potential without weights in ``config`` is checked as a freshly initialised
     model covering the elements of :func:`sample_batch`.
     """
@@ -200,6 +203,16 @@ def check_plugin(
 
     config = dict(config or {})
     cls = load_class(kind, name)
+    default = getattr(cls, "default_weights", None)
+    if default and not ({"weights", "checkpoint"} & set(config)):
+        # default weights that are a download not yet in the cache: check the component with
+        # weights it ships instead (tests never download)
+        from crystal.weights import weights_status
+
+        if not weights_status([default])[0].usable:
+            shipped = [w for w in getattr(cls, "weights", ()) if weights_status([w])[0].where == "package"]
+            if shipped:
+                config["weights"] = shipped[0]
     if (
         isinstance(cls, type)
         and issubclass(cls, TrainablePotential)

@@ -1,0 +1,12 @@
+"""Repository-wide test settings: tests never download.
+
+``CRYSTAL_OFFLINE=1`` for the whole session (subprocesses inherit it): a test that needs a
+weights file it does not provide fails with the offline message instead of reaching the
+authors' servers. Tests of the download path unset it and use a local server or ``file://``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["CRYSTAL_OFFLINE"] = "1"
