@@ -67,7 +67,9 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option(help="fit.max_epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="fit.batch_size")] = None,
     lr: Annotated[float | None, typer.Option(help="fit.lr")] = None,
-    devices: Annotated[int | None, typer.Option(help="fit.devices (>1 = DDP)")] = None,
+    devices: Annotated[
+        int | None, typer.Option(help="fit.devices (>1 = DDP; leave unset under torchrun / srun)")
+    ] = None,
     accelerator: Annotated[str | None, typer.Option(help="fit.accelerator: auto, cpu, gpu")] = None,
     strategy: Annotated[str | None, typer.Option(help="fit.strategy: auto, ddp, ddp_spawn")] = None,
     seed: Annotated[int | None, typer.Option(help="fit.seed")] = None,
@@ -183,6 +185,8 @@ def train_potential_cmd(
     if model:
         raw["model"] = {**raw.get("model", {}), **component_config(model)}
     result = train_potential(parse_potential_config(raw, origin), quiet=quiet)
+    if result.checkpoint is None:  # a DDP process other than rank 0: rank 0 reports
+        return
     if not quiet:
         for split, metrics in result.metrics.items():
             typer.echo(f"{split}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

@@ -35,6 +35,7 @@ from crystal.batch import CrystalBatch
 from crystal.errors import ConfigError, StructureError
 from crystal.io import Failure, atomic_write
 from crystal.trainable import TrainableEncoder
+from crystal_train.cluster import is_rank_zero, resolve_placement
 from crystal_train.config import TrainConfig
 from crystal_train.data import LabelledData, read_labelled, split_indices
 from crystal_train.engine import fit_model
@@ -110,7 +111,7 @@ def fit(
     ``atom_properties``) with :func:`~crystal_train.engine.fit_model`; the best weights (by
     ``options.monitor``) are loaded back into ``encoder``. Returns ``(encoder, info)`` with
     ``info = {"epochs", "best_epoch", "best_score", "monitor", "train_time_s", "history",
-    "global_zero", "world_size"}``.
+    "global_zero", "world_size", "num_nodes"}``.
     """
     cfg = options if isinstance(options, FitConfig) else FitConfig.model_validate(dict(options or {}))
     if len(train) == 0:
@@ -146,6 +147,7 @@ def fit(
         "history": list(result.history),
         "global_zero": result.global_zero,
         "world_size": result.world_size,
+        "num_nodes": result.num_nodes,
     }
     return encoder, info
 
@@ -192,7 +194,8 @@ class Splits:
 
 
 def _is_launcher() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    """Global rank 0 (under torchrun / srun too): the process that writes the run directory."""
+    return is_rank_zero()
 
 
 _RESUMABLE = {("fit", "progress"), ("fit", "patience"), ("fit", "max_minutes"), ("fit", "logger")}
@@ -212,11 +215,11 @@ def _config_changes(old: Mapping[str, Any], new: Mapping[str, Any], prefix: tupl
 
 def prepare_run(cfg: TrainConfig, resume: bool) -> Path:
     """Check the run directory (a new run must not overwrite one; a resumed one must keep
-    its config) and write ``train-config.json``; only on the launching process."""
+    its config) and write ``train-config.json``. Every DDP process checks (a refused run stops
+    all of them, none waits for the others); only global rank 0 writes."""
     out = Path(cfg.output)
     check_loggers(cfg.fit, out)
-    if not _is_launcher():
-        return out
+    resolve_placement(cfg.fit)  # fit.devices / num_nodes against torchrun / srun, before anything is written
     cfg_json = cfg.model_dump(mode="json")
     if resume:
         saved = out / "train-config.json"
@@ -233,6 +236,8 @@ def prepare_run(cfg: TrainConfig, resume: bool) -> Path:
             raise ConfigError(f"cannot resume {out}: the run config changed ({', '.join(changed)})")
     elif (out / "checkpoints").exists() or (out / "model.pt").exists():
         raise ConfigError(f"output {str(out)!r} already holds a run; resume it (--resume) or choose another output")
+    if not _is_launcher():
+        return out
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "train-config.json") as fh:
         json.dump(cfg_json, fh, indent=2)
@@ -394,6 +399,7 @@ def write_encoder_run(
         "time_per_epoch_s": round(info["train_time_s"] / max(info["epochs"], 1), 3),
         "device": machine_name(device),
         "processes": info["world_size"],
+        "nodes": info.get("num_nodes", 1),
         "parameters": sum(p.numel() for p in encoder.net.parameters()),
         "metrics": metrics,
     }
@@ -409,7 +415,8 @@ def write_encoder_run(
         f"seed: {f.seed}; epochs run {summary['epochs']}, best epoch {summary['best_epoch']} by {summary['monitor']}",
         f"optimiser: {f.optimizer} lr {f.lr:g}, weight decay {f.weight_decay:g}, scheduler {f.scheduler}; "
         f"batch {f.batch_size}",
-        f"training time: {summary['train_time_s']:.1f} s on {summary['device']}",
+        f"training time: {summary['train_time_s']:.1f} s on {summary['device']}"
+        + (f" ({summary['processes']} DDP processes, {summary['nodes']} node(s))" if summary["processes"] > 1 else ""),
         f"parameters: {summary['parameters']}",
         f"file: `model.pt`, sha256 `{sha}`",
     ]

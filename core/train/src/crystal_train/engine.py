@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import torch
 
 from crystal.errors import ConfigError
+from crystal_train.cluster import resolve_placement
 from crystal_train.options import FitConfig, check_loggers
 
 __all__ = ["FitResult", "TensorData", "fit_model", "item_losses", "recompute_batchnorm"]
@@ -68,6 +69,7 @@ class FitResult:
     monitor: str = "val_loss"
     global_zero: bool = True
     world_size: int = 1
+    num_nodes: int = 1
 
 
 class _Selectable(Protocol):
@@ -452,11 +454,12 @@ def _quiet_lightning() -> None:
 
 def _make_trainer(cfg: FitConfig, out: Path | None, callbacks: list[Any], has_val: bool, quiet: bool) -> Any:
     pl = _lightning()
+    placement = resolve_placement(cfg)  # torchrun / srun: devices and num_nodes from the launcher
     return pl.Trainer(
         accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.resolved_strategy,
+        devices=placement.devices,
+        num_nodes=placement.num_nodes,
+        strategy=placement.strategy,
         precision=cfg.precision,
         max_epochs=cfg.max_epochs,
         max_time=None if cfg.max_minutes is None else datetime.timedelta(minutes=cfg.max_minutes),
@@ -579,6 +582,7 @@ def fit_model(
         monitor=monitor,
         global_zero=bool(trainer.is_global_zero),
         world_size=int(trainer.world_size),
+        num_nodes=int(trainer.num_nodes),
     )
 
 

@@ -101,8 +101,16 @@ class FitConfig(StrictModel):
     # ---------------------------------------------------------------- hardware
     seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and dropout")
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field("auto", description="Lightning accelerator")
-    devices: int | Literal["auto"] = Field(1, description="devices (processes) per node; > 1 trains with DDP")
-    num_nodes: int = Field(1, ge=1, description="nodes for multi-node DDP")
+    devices: int | Literal["auto"] = Field(
+        1,
+        description="devices (processes) per node; > 1 trains with DDP; under torchrun / srun: unset or 'auto' "
+        "takes the launcher's processes per node, a number must equal it (crystal_train.cluster)",
+    )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        description="nodes for multi-node DDP; under torchrun / srun: unset takes the launcher's, a number must equal it",
+    )
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"] = Field(
         "auto", description="Lightning strategy (auto: ddp when devices > 1 or num_nodes > 1)"
     )

@@ -44,6 +44,7 @@ from crystal.errors import ConfigError, StructureError
 from crystal.io import Failure, atomic_write
 from crystal.targets import TargetSpec
 from crystal.trainable_potential import TrainablePotential, fit_reference_energies
+from crystal_train.cluster import is_rank_zero, resolve_placement
 from crystal_train.data import read_labelled, split_indices
 from crystal_train.engine import fit_model
 from crystal_train.options import FitConfig, check_loggers, fit_defaults
@@ -145,6 +146,9 @@ class PotentialTrainConfig(StrictModel):
 
 @dataclass
 class PotentialTrainResult:
+    """What a run produced; on DDP processes other than global rank 0 only ``potential``,
+    ``epochs`` and ``train_time_s`` (no metrics, ``checkpoint`` and ``sha256`` are ``None``)."""
+
     potential: TrainablePotential
     output: Path
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -253,10 +257,14 @@ class _PotentialSplits:
 
 
 def _prepare_run(cfg: PotentialTrainConfig) -> Path:
+    """Check (every DDP process) and create the run directory (global rank 0 only)."""
     out = Path(cfg.output)
     check_loggers(cfg.fit, out)
+    resolve_placement(cfg.fit)  # fit.devices / num_nodes against torchrun / srun, before anything is written
     if (out / "model.pt").exists():
         raise ConfigError(f"output {str(out)!r} already holds a trained potential; choose another output")
+    if not is_rank_zero():
+        return out
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "train-config.json") as fh:
         json.dump(cfg.model_dump(mode="json"), fh, indent=2)
@@ -400,6 +408,8 @@ def _write_potential_run(
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,
         "train_time_s": round(result.seconds, 2),
+        "processes": result.world_size,
+        "nodes": result.num_nodes,
         "time_per_epoch_s": round(result.seconds / max(len(result.history), 1), 3),
         "device": machine_name(device),
         "parameters": sum(p.numel() for p in potential.net.model.parameters()),
@@ -438,13 +448,15 @@ def train_potential(
     splits = _read_splits(cfg, out)
     build = _new_potential if cfg.init is None else _fine_tuned_potential
     potential = build(cls, cfg, splits, device)
-    if not quiet:
+    launcher = is_rank_zero()
+    if not quiet and launcher:
         print(
             f"data: train {len(splits.train)}, val {len(splits.val)}, test {len(splits.test)}; "
             f"skipped {len(splits.failures)}; elements {', '.join(potential.config.elements)}",  # type: ignore[attr-defined]
             file=sys.stderr,
         )
-    write_failures(out / "failures.csv", splits.failures)
+    if launcher:
+        write_failures(out / "failures.csv", splits.failures)
     net = potential.net
     net.energy_weight, net.forces_weight, net.stress_weight = cfg.loss.energy, cfg.loss.forces, cfg.loss.stress
     result = fit_model(
@@ -458,6 +470,8 @@ def train_potential(
     )
     net.to(potential.device).eval()
     potential.trained = True
+    if not result.global_zero:  # another DDP process: rank 0 evaluates and writes the run directory
+        return PotentialTrainResult(potential, out, epochs=result.epochs, train_time_s=result.seconds)
     evaluated = _evaluate(potential, splits)
     sha = _write_potential_run(cfg, potential, splits, result, evaluated, device)
     return PotentialTrainResult(
