@@ -14,13 +14,22 @@ offsets; ``vectors`` (E, 3) = ``r_j + n L - r_i`` in Å; ``distances`` (E,).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
+from crystal import _neighbors_vesin
 from crystal.batch import CrystalBatch
 
-__all__ = ["RadiusGraph", "nearest_k", "radius_graph"]
+__all__ = ["Backend", "RadiusGraph", "nearest_k", "radius_graph"]
+
+Backend = Literal["auto", "vesin", "pairs"]
+_BACKENDS: tuple[str, ...] = get_args(Backend)
+_MARGIN = 1e-6  # relative widening of every search radius (plus 1e-9 Å); the exact test follows
+_BAND = 1e-9  # backend distances within this relative band of the radius are recomputed exactly
+_VESIN_MIN_MEAN_ATOMS = 8  # "auto" uses vesin (CPU, full graph) from this many atoms per crystal on
 
 
 @dataclass
@@ -94,8 +103,9 @@ def radius_graph(
     *,
     max_pairs_per_chunk: int = 4_000_000,
     max_neighbors: int | None = None,
+    backend: Backend = "auto",
 ) -> RadiusGraph:
-    """All neighbours within ``cutoff`` Å, vectorised over the batch (no per-crystal loop).
+    """All neighbours within ``cutoff`` Å of every atom of the batch.
 
     Candidate images are enumerated **per atom pair**: with ``Δ = f_j - f_i`` (wrapped
     coordinates) and ``h_k = cutoff · |b_k|`` (``b_k`` the reciprocal vector without 2π, so
@@ -109,44 +119,203 @@ def radius_graph(
 
     ``max_neighbors`` keeps only the that many nearest neighbours of each source atom (ties
     by neighbour index, then shift); edges are then ordered by (source, distance).
+
+    ``backend`` chooses the search, never the result: ``"pairs"`` is the vectorised
+    enumeration above (no per-crystal loop; any device); ``"vesin"`` calls the cell lists of
+    `vesin-torch <https://github.com/Luthaf/vesin>`_ once per crystal and sorts their edges
+    into the same order; ``"auto"`` takes the faster one as measured
+    (``benchmarks/graphs.py``): ``vesin`` on the CPU for the full graph (no
+    ``max_neighbors``) of crystals with 8 or more atoms on average when vesin-torch loads,
+    ``pairs`` otherwise. Every backend applies
+    the same exact distance test (``|(f_j + n - f_i) L| < cutoff`` in float64, wrapped
+    coordinates) to its candidates, so edges, order and shifts are identical.
     """
+    if backend not in _BACKENDS:
+        raise ValueError(f"radius_graph: unknown backend {backend!r}; expected one of {', '.join(_BACKENDS)}")
+    if backend == "vesin" and not _neighbors_vesin.available():
+        raise ImportError(
+            "radius_graph(backend='vesin') needs vesin-torch with a build for this torch "
+            f"({torch.__version__}): pip install vesin-torch"
+        )
+    use = _resolve_backend(batch, max_neighbors, backend)
     dtype = batch.dtype
     if batch.num_nodes == 0:
         return _empty(batch)
     with torch.no_grad():
         if max_neighbors is None:
-            i, j, n, dist = _search(batch, cutoff, max_pairs_per_chunk)
+            i, j, n, dist = _search(batch, cutoff, max_pairs_per_chunk, use)
         else:
-            i, j, n, dist = _search_knn(batch, cutoff, max_neighbors, max_pairs_per_chunk)
+            i, j, n, dist = _search_knn(batch, cutoff, max_neighbors, max_pairs_per_chunk, use)
             keep = nearest_k(torch.stack([i, j]), dist, max_neighbors)  # choose before the recomputation
             i, j, n = i[keep], j[keep], n[keep]
         if i.numel() == 0:
             return _empty(batch)
-        wrap = torch.floor(batch.frac_coords.detach()).long()
-        shifts = n - wrap[j] + wrap[i]  # offsets for the unwrapped input
+        wrap = torch.floor(batch.frac_coords.detach())
+        if bool((wrap != 0).any()):
+            wrap_l = wrap.long()
+            shifts = n - wrap_l[j] + wrap_l[i]  # offsets for the unwrapped input
+        else:
+            shifts = n
 
     # differentiable recomputation on the survivors only
-    L = batch.lattices[batch.batch[i]]
-    vectors = torch.einsum("ec,ecd->ed", batch.frac_coords[j] - batch.frac_coords[i] + shifts.to(dtype), L)
+    frac = batch.frac_coords[j] - batch.frac_coords[i] + shifts.to(dtype)  # (E, 3)
+    vectors = _cartesian(batch, i, frac)
     return RadiusGraph(torch.stack([i, j]), shifts, vectors, vectors.norm(dim=-1))
 
 
+def _cartesian(batch: CrystalBatch, i: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    """(E, 3) ``frac L`` of edges grouped by ascending source ``i`` (so by crystal), with autograd.
+
+    On the CPU one ``(E_b, 3) @ (3, 3)`` product per crystal (a loop over crystals, much
+    cheaper there than gathering an (E, 3, 3) lattice per edge); elsewhere the gather, which
+    needs no loop.
+    """
+    if batch.device.type != "cpu":
+        return torch.einsum("ec,ecd->ed", frac, batch.lattices[batch.batch[i]])
+    bounds = torch.searchsorted(i, batch.ptr).tolist()
+    lattices = batch.lattices
+    parts = [frac[a:b] @ lattices[k] for k, (a, b) in enumerate(itertools.pairwise(bounds)) if b > a]
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _resolve_backend(batch: CrystalBatch, max_neighbors: int | None, backend: str) -> str:
+    """The backend ``"auto"`` stands for, from measurements at 8 Å on one CPU thread
+    (``benchmarks/graphs.py`` and random cells of 2-48 atoms): vesin's per-crystal call
+    costs more than the vectorised pair enumeration for small cells (Perov-5, 5 atoms: pairs
+    ~1.3x faster), about the same at 8-12 atoms (Carbon-24, 9.2 atoms on average: vesin
+    ~1.05x faster) and less for larger cells (24 atoms: ~1.4x, 48 atoms: ~1.9x). With
+    ``max_neighbors`` the pair search (a short radius first) is faster everywhere (Carbon-24:
+    ~1.2x); on GPUs a loop over crystals is not used."""
+    if backend != "auto":
+        return backend
+    if (
+        batch.device.type == "cpu"
+        and max_neighbors is None
+        and batch.num_nodes >= _VESIN_MIN_MEAN_ATOMS * len(batch)
+        and _neighbors_vesin.available()
+    ):
+        return "vesin"
+    return "pairs"
+
+
 def _search(
-    batch: CrystalBatch, cutoff: float | torch.Tensor, max_pairs_per_chunk: int
+    batch: CrystalBatch,
+    cutoff: float | torch.Tensor,
+    max_pairs_per_chunk: int,
+    backend: str = "pairs",
+    *,
+    exact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every (i, j, n) with ``|(f_j + n - f_i) L| < cutoff`` for wrapped coordinates ``f``
     (no autograd), grouped by source ``i`` in (i, j, n) lexicographic order.
 
     ``cutoff`` is a number or a ``(B,)`` tensor (one radius per crystal). Returns ``i, j``
-    (E,), image offsets ``n`` (E, 3) with respect to the wrapped coordinates, and distances (E,).
+    (E,), image offsets ``n`` (E, 3) with respect to the wrapped coordinates, and distances
+    (E,) float64: the backend's own (to within ~1e-12 relative) unless ``exact``, then all
+    recomputed by :func:`_exact_distances` (needed where distances are compared, as in
+    :func:`nearest_k`). The edge set is the same for every ``backend``: candidates come from
+    a search radius widened by ``_MARGIN``, and edges whose backend distance lies within
+    ``_BAND`` of the radius are decided with :func:`_exact_distances`.
     """
     device = batch.device
     frac = batch.frac_coords.detach()
-    frac = frac - torch.floor(frac)  # (N, 3) in [0, 1)
-    lattices = batch.lattices.detach()
+    frac = (frac - torch.floor(frac)).to(torch.float64)  # (N, 3) wrapped to [0, 1]
+    lattices = batch.lattices.detach().to(torch.float64)
     radius = torch.as_tensor(cutoff, dtype=torch.float64, device=device).expand(len(batch))  # (B,)
-    recip_norm = torch.linalg.inv(lattices.to(torch.float64)).norm(dim=1)  # (B, 3) = 1 / plane spacing
-    reach = (radius * (1 + 1e-6) + 1e-9)[:, None] * recip_norm  # (B, 3) safety margin; exact filter below
+    if backend == "vesin":
+        i, j, n, dist, counts = _candidates_vesin(batch, frac, lattices, radius)
+    else:
+        i, j, n, dist = _candidates_pairs(batch, frac, lattices, radius, max_pairs_per_chunk)
+        counts = None
+    if i.numel() == 0:
+        return i, j, n.long(), dist
+    # one radius for all: a number, no per-edge gathers
+    r_edge: float | torch.Tensor = float(cutoff) if not isinstance(cutoff, torch.Tensor) else radius[batch.batch[i]]
+    keep: torch.Tensor | None = None
+    if exact:
+        dist = _exact_distances(frac, lattices, batch.batch[i], i, j, n)
+        keep = dist < r_edge
+    else:
+        unsure = dist >= r_edge * (1 - _BAND)
+        if bool(unsure.any()):
+            idx = unsure.nonzero(as_tuple=True)[0]
+            dist = dist.clone()
+            dist[idx] = _exact_distances(frac, lattices, batch.batch[i[idx]], i[idx], j[idx], n[idx])
+            keep = dist < r_edge
+    if keep is not None and not bool(keep.all()):
+        idx = keep.nonzero(as_tuple=True)[0]
+        i, j, n, dist = i[idx], j[idx], n[idx], dist[idx]
+        if counts is not None:
+            counts = torch.bincount(batch.batch[i], minlength=len(batch))
+    if counts is not None:  # vesin: its order within a crystal -> (i, j, n)
+        order = _canonical_order(batch, i, j, n, counts)
+        return i[order], j[order], n[order].long(), dist[order]
+    return i, j, n, dist
+
+
+def _canonical_order(
+    batch: CrystalBatch,
+    i: torch.Tensor,
+    j: torch.Tensor,
+    n: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    int32_keys_below: int = 2**31,
+    int64_keys_below: int = 2**62,
+) -> torch.Tensor:
+    """The permutation that sorts edges grouped by crystal into (i, j, n) lexicographic order.
+
+    One sort of the key ``(i · w + j_local) · K + code(n)`` (``w`` the largest crystal, ``K``
+    the number of image offsets in the bounding box of ``n``), in int32 when it fits
+    (twice as fast as int64 on the CPU), else int64, else two stable sorts.
+    """
+    lo = n.amin(dim=0)
+    span = (n.amax(dim=0) - lo + 1).tolist()
+    m = (n - lo).long()
+    code = (m[:, 0] * span[1] + m[:, 1]) * span[2] + m[:, 2]
+    k = span[0] * span[1] * span[2]
+    width = int(batch.num_atoms.max())
+    offset = torch.repeat_interleave(batch.ptr[:-1], counts)  # (E,) first atom of the edge's crystal
+    if batch.num_nodes * width * k < int32_keys_below:
+        key = (i.int() * width + (j - offset).int()) * k + code.int()
+        return torch.sort(key).indices  # keys are unique
+    if batch.num_nodes * width * k < int64_keys_below:
+        return torch.sort((i * width + (j - offset)) * k + code).indices
+    order = torch.sort(code, stable=True).indices
+    return order[torch.sort((i * width + (j - offset))[order], stable=True).indices]
+
+
+def _exact_distances(
+    frac: torch.Tensor, lattices: torch.Tensor, crystal: torch.Tensor, i: torch.Tensor, j: torch.Tensor, n: torch.Tensor
+) -> torch.Tensor:
+    """(E,) ``|(f_j + n - f_i) L|`` in float64 from wrapped ``frac`` (N, 3) and ``lattices``
+    (B, 3, 3) float64: the one formula that decides edges at the cutoff for every backend."""
+    d = frac[j] - frac[i] + n.to(torch.float64)
+    dist: torch.Tensor = torch.bmm(d.unsqueeze(1), lattices[crystal]).squeeze(1).norm(dim=1)
+    return dist
+
+
+def _candidates_vesin(
+    batch: CrystalBatch, frac: torch.Tensor, lattices: torch.Tensor, radius: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """vesin's edges within the widened radius as batch indices ``i, j``, offsets ``n``
+    (int32), distances and edges per crystal; grouped by crystal in vesin's order."""
+    search = (radius * (1 + _MARGIN) + 1e-9).tolist()
+    ptr = batch.ptr
+    pairs, n, dist, counts = _neighbors_vesin.candidates(frac, lattices, batch.batch, ptr.tolist(), search)
+    offset = torch.repeat_interleave(ptr[:-1], counts)[:, None]  # (E, 1) first atom of the edge's crystal
+    pairs = pairs + offset
+    return pairs[:, 0], pairs[:, 1], n, dist, counts
+
+
+def _candidates_pairs(
+    batch: CrystalBatch, frac: torch.Tensor, lattices: torch.Tensor, radius: torch.Tensor, max_pairs_per_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every (pair, image) candidate within the widened radius, in (i, j, n) order (see
+    :func:`radius_graph`): no per-crystal loop."""
+    device = batch.device
+    recip_norm = torch.linalg.inv(lattices).norm(dim=1)  # (B, 3) = 1 / plane spacing
+    reach = (radius * (1 + _MARGIN) + 1e-9)[:, None] * recip_norm  # (B, 3) safety margin; exact filter after
 
     # every ordered intra-crystal pair (i, j)
     counts = batch.num_atoms
@@ -158,14 +327,14 @@ def _search(
     first = batch.ptr[crystal_of_pair]
     pi = first + torch.div(local, n_of_pair, rounding_mode="floor")
     pj = first + local % n_of_pair
-    delta = (frac[pj] - frac[pi]).to(torch.float64)  # (P, 3)
+    delta = frac[pj] - frac[pi]  # (P, 3) float64
     h = reach[crystal_of_pair]
     lo = torch.ceil(-h - delta).long()
     hi = torch.floor(h - delta).long()
     width = (hi - lo + 1).clamp(min=0)  # (P, 3)
     cand = width.prod(dim=1)  # (P,) candidate images per pair (bounding box)
     r_pair = radius[crystal_of_pair]
-    r2_search = (r_pair * (1 + 1e-6) + 1e-9) ** 2
+    r2_search = (r_pair * (1 + _MARGIN) + 1e-9) ** 2
 
     # chunk pairs so that at most max_pairs_per_chunk candidates exist at once
     ends = torch.cumsum(cand, 0)
@@ -189,14 +358,11 @@ def _search(
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty, torch.zeros((0, 3), dtype=torch.long, device=device), torch.zeros(0, device=device)
     pair = torch.cat(sel_p)
-    dist = torch.cat(sel_d).clamp(min=0).sqrt()
-    inside = (dist < r_pair[pair]).nonzero(as_tuple=True)[0]
-    pair = pair[inside]
-    return pi[pair], pj[pair], torch.cat(sel_n)[inside], dist[inside]
+    return pi[pair], pj[pair], torch.cat(sel_n), torch.cat(sel_d).clamp(min=0).sqrt()
 
 
 def _search_knn(
-    batch: CrystalBatch, cutoff: float, k: int, max_pairs_per_chunk: int
+    batch: CrystalBatch, cutoff: float, k: int, max_pairs_per_chunk: int, backend: str = "pairs"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A superset of every atom's ``k`` nearest neighbours within ``cutoff`` (all ties included).
 
@@ -204,14 +370,15 @@ def _search_knn(
     (a sphere holding about 3k atoms at the crystal's density); an atom with at least ``k``
     neighbours inside ``r_0`` has its ``k`` nearest — and every tie of the k-th — among them.
     Crystals with an atom short of ``k`` are searched again with the full ``cutoff``. Same
-    output order as :func:`_search`.
+    output order as :func:`_search`; every distance exact (:func:`_exact_distances`), so that
+    ties are the same for every backend.
     """
     volume = torch.linalg.det(batch.lattices.detach().to(torch.float64)).abs()
     r_k = (3 * k * volume / (4 * torch.pi * batch.num_atoms.to(torch.float64))) ** (1 / 3)
     r0 = (1.5 * r_k + 0.5).clamp(max=cutoff)
     if bool((r0 >= cutoff).all()):
-        return _search(batch, cutoff, max_pairs_per_chunk)
-    i, j, n, dist = _search(batch, r0, max_pairs_per_chunk)
+        return _search(batch, cutoff, max_pairs_per_chunk, backend, exact=True)
+    i, j, n, dist = _search(batch, r0, max_pairs_per_chunk, backend, exact=True)
     degree = torch.bincount(i, minlength=batch.num_nodes)
     short = (degree < k) & (r0 < cutoff)[batch.batch]
     if not bool(short.any()):
@@ -221,7 +388,7 @@ def _search_knn(
     keep = (~redo[batch.batch[i]]).nonzero(as_tuple=True)[0]
     redo_idx = redo.nonzero(as_tuple=True)[0]
     sub = batch.select(redo_idx)
-    si, sj, sn, sd = _search(sub, cutoff, max_pairs_per_chunk)
+    si, sj, sn, sd = _search(sub, cutoff, max_pairs_per_chunk, backend, exact=True)
     to_global = batch._atom_index(redo_idx)  # sub-batch atom -> batch atom
     i = torch.cat([i[keep], to_global[si]])
     j = torch.cat([j[keep], to_global[sj]])
