@@ -36,7 +36,7 @@ TEMPLATE = ROOT / "docs" / "plugin-template"
 CORE = ROOT / "core" / "crystal"
 CONSTRAINTS = ROOT / "constraints.txt"
 
-CORE_DEPENDENCIES = {"numpy", "torch", "pydantic", "pluggy", "stevedore", "pymatgen", "ase"}
+CORE_DEPENDENCIES = {"numpy", "torch", "pydantic", "pluggy", "stevedore", "pymatgen", "ase", "vesin-torch"}
 BATTERIES = ("crystal_sim", "crystal_train", "crystal_metrics", "crystal_pipeline", "crystal_xrd", "crystal_cli")
 HEAVY = ("lightning", "pytorch_lightning", "matplotlib", "scipy", "smact", "typer", "rich")
 NOT_INSTALLED_WITH_CORE = ("lightning", "pytorch-lightning", "smact", "typer", "rich")
