@@ -24,7 +24,7 @@ import abc
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import ConfigDict, ValidationError
@@ -339,6 +339,19 @@ class Potential(Component):
     produces = "energy+forces+stress"
     #: atomic numbers the potential covers (``None`` = all)
     elements: ClassVar[frozenset[int] | None] = None
+    #: what the memory of one evaluation grows with, per crystal of ``n`` atoms and volume ``V``
+    #: (the batch-size model of :mod:`crystal_sim.memory`): ``"atoms"`` (``n``; per-atom models),
+    #: ``"edges"`` (the radius-graph edges ``n · n/V · 4/3 π r_c³`` at the potential's ``cutoff``;
+    #: graph networks) or ``"atoms2_per_volume"`` (``n²/V``; density-dependent models without a cutoff)
+    memory_metric: ClassVar[Literal["atoms", "edges", "atoms2_per_volume"]] = "atoms"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.memory_metric not in ("atoms", "edges", "atoms2_per_volume"):
+            raise TypeError(
+                f"{cls.__qualname__}.memory_metric must be 'atoms', 'edges' or 'atoms2_per_volume', "
+                f"not {cls.memory_metric!r}"
+            )
 
     @abc.abstractmethod
     def compute(self, batch: CrystalBatch, *, forces: bool = True, stress: bool = True) -> PotentialOutput:

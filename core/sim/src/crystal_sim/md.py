@@ -35,7 +35,9 @@ alone with ``seed=s + b`` (or pass one seed per crystal as a list).
 
 from __future__ import annotations
 
+import logging
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -47,8 +49,17 @@ from ase.units import kB as ASE_KB
 from pydantic import Field, ValidationError, model_validator
 
 from crystal.batch import CrystalBatch
-from crystal.config import StrictModel, field_hint
+from crystal.config import field_hint
 from crystal.errors import ConfigError, StructureError
+from crystal_sim.memory import (
+    BatchLimits,
+    batch_capacity,
+    free_memory,
+    is_out_of_memory,
+    memory_metric_of,
+    metric_values,
+    note_out_of_memory,
+)
 
 if TYPE_CHECKING:
     from crystal.components import Potential
@@ -57,9 +68,11 @@ __all__ = ["MDConfig", "MDResult", "MDState", "maxwell_boltzmann_velocities", "r
 
 DEFAULT_FRICTION = 0.01  # 1/fs, used for nvt-langevin when no friction is given
 
+log = logging.getLogger("crystal_sim.md")
 
-class MDConfig(StrictModel):
-    """What to integrate, for how long and at which temperature."""
+
+class MDConfig(BatchLimits):
+    """What to integrate, for how long, at which temperature, and how many crystals at once."""
 
     ensemble: Literal["nve", "nvt-langevin"] = Field("nve", description="velocity Verlet or BAOAB Langevin")
     timestep: float = Field(1.0, gt=0, description="time step, fs")
@@ -89,10 +102,12 @@ class MDConfig(StrictModel):
 
 @dataclass
 class MDState:
-    """What the callback sees every ``log_every`` steps (views: copy what you keep).
+    """What the callback sees every ``log_every`` steps for the crystals integrated together
+    (views: copy what you keep).
 
     ``step`` steps done; ``batch`` current crystals; ``velocities`` (N, 3) Å/fs;
-    ``potential_energy``, ``kinetic_energy`` (B,) eV; ``temperature`` (B,) K.
+    ``potential_energy``, ``kinetic_energy`` (B,) eV; ``temperature`` (B,) K; ``index`` (B,)
+    positions of these crystals in the batch given to :func:`run_md` (``None``: all of them).
     """
 
     step: int
@@ -101,6 +116,7 @@ class MDState:
     potential_energy: torch.Tensor
     kinetic_energy: torch.Tensor
     temperature: torch.Tensor
+    index: torch.Tensor | None = None
 
 
 @dataclass
@@ -117,6 +133,7 @@ class MDResult:
     ``potential_energy`` (T, B) eV
     ``kinetic_energy``   (T, B) eV
     ``temperature``      (T, B) K
+    ``initial_potential_energy`` (B,) potential energy of the starting structures, eV
     """
 
     batch: CrystalBatch
@@ -127,6 +144,7 @@ class MDResult:
     potential_energy: torch.Tensor
     kinetic_energy: torch.Tensor
     temperature: torch.Tensor
+    initial_potential_energy: torch.Tensor
 
 
 # ---------------------------------------------------------------------- random numbers
@@ -227,11 +245,27 @@ def _validate(config: MDConfig | None, overrides: dict[str, object]) -> MDConfig
             + (
                 "unknown parameter" + field_hint(MDConfig, tuple(e["loc"]))
                 if e["type"] == "extra_forbidden"
-                else e["msg"]
+                else e["msg"].removeprefix("Value error, ")
             )
             for e in exc.errors()
         )
         raise ConfigError(f"md: {problems}") from None
+
+
+def _pieces(metrics: list[float], limit: float | None) -> list[tuple[int, int]]:
+    """Consecutive ranges ``[start, end)`` of crystals whose metric sums stay within ``limit``
+    (a crystal above it alone)."""
+    if limit is None:
+        return [(0, len(metrics))]
+    out: list[tuple[int, int]] = []
+    start, total = 0, 0.0
+    for k, m in enumerate(metrics):
+        if k > start and total + m > limit:
+            out.append((start, k))
+            start, total = k, 0.0
+        total += m
+    out.append((start, len(metrics)))
+    return out
 
 
 def run_md(
@@ -248,9 +282,16 @@ def run_md(
     ``config`` (or keyword overrides such as ``ensemble="nvt-langevin", temperature=300,
     steps=1000``) follows :class:`MDConfig`. ``velocities`` ((N, 3), Å/fs) replace the
     Maxwell-Boltzmann start. ``callback(state)`` is called every ``log_every`` steps with
-    an :class:`MDState`. The batch is moved to the potential's device once; work stays
-    there. Bad options raise :class:`ConfigError`; NaN coordinates or non-finite
-    energies/forces raise :class:`StructureError`.
+    an :class:`MDState` of the crystals integrated together. The batch is moved to the
+    potential's device once; work stays there. Bad options raise :class:`ConfigError`; NaN
+    coordinates or non-finite energies/forces raise :class:`StructureError`.
+
+    The crystals wait in a queue and are integrated in groups that fit the capacity
+    (``max_batch_size`` crystals, ``max_batch_metric`` units of the potential's memory metric,
+    by default from its memory model, :mod:`crystal_sim.memory`); each crystal gets its full
+    trajectory, which depends neither on the grouping nor on the batch (counter-based noise).
+    An out-of-memory error in an evaluation halves the capacity and evaluates the group in
+    parts, the state unchanged; alone, a crystal that runs out of memory raises.
     """
     cfg = _validate(config, overrides)
     device = potential.device
@@ -264,22 +305,140 @@ def run_md(
     if (masses <= 0).any():
         raise StructureError("md: atoms without a known mass (atomic number 0?)")
 
-    dt = cfg.timestep * ASE_FS  # ASE time units
     if velocities is not None:
         if tuple(velocities.shape) != (N, 3):
             raise ConfigError(f"md: velocities must have shape ({N}, 3), got {tuple(velocities.shape)}")
-        v = velocities.to(device=device, dtype=dtype) / ASE_FS
+        v_all = velocities.to(device=device, dtype=dtype) / ASE_FS
     else:
         t0 = cfg.temperature if cfg.init_temperature is None else cfg.init_temperature
-        v = _mb_velocities(work, masses, t0, seeds) if t0 > 0 else torch.zeros((N, 3), dtype=dtype, device=device)
+        v_all = _mb_velocities(work, masses, t0, seeds) if t0 > 0 else torch.zeros((N, 3), dtype=dtype, device=device)
 
-    lat = work.lattices
-    lat_inv = torch.linalg.inv(lat)[work.batch]  # (N, 3, 3)
-    pbc = work.pbc[work.batch]  # (N, 3)
-    x = work.cart_coords.clone()
-    inv_m = (1.0 / masses)[:, None]
+    T = cfg.steps // cfg.log_every
+    x_out = torch.zeros((N, 3), dtype=dtype, device=device)
+    v_out = torch.zeros((N, 3), dtype=dtype, device=device)
+    f_out = torch.zeros((N, 3), dtype=dtype, device=device)
+    e_out = torch.zeros(B, dtype=dtype, device=device)
+    e0_out = torch.zeros(B, dtype=dtype, device=device)
+    pe_log = torch.zeros((T, B), dtype=dtype, device=device)
+    ke_log = torch.zeros((T, B), dtype=dtype, device=device)
+
+    metric_name, cutoff = memory_metric_of(potential)
+    metrics: list[float] = metric_values(metric_name, work.num_atoms, work.volumes, cutoff).tolist()
+    limit = [batch_capacity(potential, dtype, cfg, sum(metrics))]  # a cell: lowered by out-of-memory errors
+
+    def evaluate(current: CrystalBatch, index: list[int], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies and forces of ``current`` (the crystals ``index``), in parts when memory demands."""
+        group_metrics = [metrics[b] for b in index]
+        while True:
+            energies: list[torch.Tensor] = []
+            forces: list[torch.Tensor] = []
+            try:
+                for start, end in _pieces(group_metrics, limit[0]):
+                    part = current if (start, end) == (0, len(index)) else current.select(list(range(start, end)))
+                    out = potential.compute(part, forces=True, stress=False)
+                    if out.forces is None:
+                        raise StructureError(f"potential {potential.name!r} returned no forces")
+                    energies.append(out.energy.to(dtype))
+                    forces.append(out.forces.to(dtype))
+                break
+            except Exception as exc:
+                if not is_out_of_memory(exc) or end - start == 1:
+                    raise
+            del energies, forces
+            free_memory()  # outside the handler: the traceback no longer holds the failed tensors
+            total = sum(group_metrics[start:end])
+            limit[0] = halved = total / 2
+            if cfg.max_batch_metric == "auto":
+                note_out_of_memory(potential, dtype, halved)
+            log.warning(
+                "md with %s: out of memory at step %d on %d crystals (%s %.4g); capacity now %.4g",
+                potential.name,
+                step,
+                end - start,
+                metric_name,
+                total,
+                limit[0],
+            )
+        return torch.cat(energies), torch.cat(forces)
+
+    waiting: deque[int] = deque(range(B))
+    while waiting:
+        group = [waiting.popleft()]
+        total = metrics[group[0]]
+        while waiting and (cfg.max_batch_size is None or len(group) < cfg.max_batch_size):
+            m = metrics[waiting[0]]
+            if limit[0] is not None and total + m > limit[0]:
+                break
+            group.append(waiting.popleft())
+            total += m
+        _integrate(
+            potential,
+            work,
+            group,
+            cfg,
+            v_all,
+            seeds,
+            masses,
+            evaluate,
+            callback,
+            (x_out, v_out, f_out, e_out, e0_out, pe_log, ke_log),
+        )
+
+    log_steps = [cfg.log_every * (k + 1) for k in range(T)]
     n_atoms = work.num_atoms.to(dtype)
-    local = _local_index(work)
+    final = work.with_positions(
+        torch.einsum("ni,nij->nj", x_out, torch.linalg.inv(work.lattices)[work.batch]), work.lattices
+    )
+    final.crystal_properties = {**final.crystal_properties, "energy": e_out.clone()}
+    final.atom_properties = {**final.atom_properties, "forces": f_out.clone()}
+    return MDResult(
+        batch=final,
+        velocities=v_out * ASE_FS,
+        forces=f_out,
+        steps=torch.tensor(log_steps, dtype=torch.long, device=device),
+        total_energy=pe_log + ke_log,
+        potential_energy=pe_log,
+        kinetic_energy=ke_log,
+        temperature=2.0 * ke_log / (3.0 * n_atoms * ASE_KB),
+        initial_potential_energy=e0_out,
+    )
+
+
+def _integrate(
+    potential: Potential,
+    work: CrystalBatch,
+    index: list[int],
+    cfg: MDConfig,
+    v_all: torch.Tensor,
+    seeds_all: torch.Tensor,
+    masses_all: torch.Tensor,
+    evaluate: Callable[[CrystalBatch, list[int], int], tuple[torch.Tensor, torch.Tensor]],
+    callback: Callable[[MDState], None] | None,
+    outputs: tuple[torch.Tensor, ...],
+) -> None:
+    """Integrate the crystals ``index`` of ``work`` together for ``cfg.steps`` steps and write
+    their final state and logs into ``outputs`` (x, v, forces, energy, initial energy, pe/ke logs)."""
+    x_out, v_out, f_out, e_out, e0_out, pe_log, ke_log = outputs
+    device, dtype = work.device, work.dtype
+    idx = torch.tensor(index, dtype=torch.long, device=device)
+    whole = len(index) == len(work)
+    g = work if whole else work.select(idx)
+    chosen = torch.zeros(len(work), dtype=torch.bool, device=device)
+    chosen[idx] = True  # index is ascending (the queue is in input order): atoms in the order of g
+    atoms = torch.nonzero(chosen[work.batch]).flatten()
+    B = len(g)
+    seeds = seeds_all[idx]
+    masses = masses_all[atoms]
+    v = v_all[atoms]
+    dt = cfg.timestep * ASE_FS  # ASE time units
+
+    lat = g.lattices
+    lat_inv = torch.linalg.inv(lat)[g.batch]  # (N, 3, 3)
+    pbc = g.pbc[g.batch]  # (N, 3)
+    x = g.cart_coords.clone()
+    inv_m = (1.0 / masses)[:, None]
+    n_atoms = g.num_atoms.to(dtype)
+    local = _local_index(g)
     langevin = cfg.ensemble == "nvt-langevin"
     if langevin:
         gamma = (cfg.friction if cfg.friction is not None else DEFAULT_FRICTION) / ASE_FS
@@ -290,35 +449,27 @@ def run_md(
     def frac_of(pos: torch.Tensor) -> torch.Tensor:
         return torch.einsum("ni,nij->nj", pos, lat_inv)
 
-    def evaluate(pos: torch.Tensor) -> tuple[CrystalBatch, torch.Tensor, torch.Tensor]:
-        current = work.with_positions(frac_of(pos), lat)
-        out = potential.compute(current, forces=True, stress=False)
-        if out.forces is None:
-            raise StructureError(f"potential {potential.name!r} returned no forces")
-        return current, out.energy.to(dtype), out.forces.to(dtype)
-
     def kinetic(vel: torch.Tensor) -> torch.Tensor:
-        return _segment_sum(0.5 * masses * (vel * vel).sum(1), work.batch, B)
+        return _segment_sum(0.5 * masses * (vel * vel).sum(1), g.batch, B)
 
     def check(energy: torch.Tensor, forces: torch.Tensor, step: int) -> None:
         if not torch.isfinite(energy).all() or not torch.isfinite(forces).all():
             bad = torch.nonzero(~torch.isfinite(energy)).flatten().tolist()
-            ids = [work.ids[i] for i in bad]
+            ids = [g.ids[i] for i in bad]
             raise StructureError(
                 f"md: potential {potential.name!r} returned non-finite energy/forces at step {step}"
                 f" for {ids or 'some crystals'}"
             )
 
-    current, energy, forces = evaluate(x)
+    current = g.with_positions(frac_of(x), lat)
+    energy, forces = evaluate(current, index, 0)
     check(energy, forces, 0)
-    log_e: list[torch.Tensor] = []
-    log_k: list[torch.Tensor] = []
-    log_steps: list[int] = []
+    e0_out[idx] = energy
     for step in range(1, cfg.steps + 1):
         v = v + (0.5 * dt) * forces * inv_m
         if langevin:
             x = x + (0.5 * dt) * v
-            xi = _normals(seeds, work, local, step, dtype)
+            xi = _normals(seeds, g, local, step, dtype)
             v = c1 * v + c2 * sigma * xi
             x = x + (0.5 * dt) * v
         else:
@@ -326,32 +477,21 @@ def run_md(
         if cfg.wrap:
             frac = frac_of(x)
             frac = torch.where(pbc, frac - torch.floor(frac), frac)
-            x = torch.einsum("ni,nij->nj", frac, lat[work.batch])
-        current, energy, forces = evaluate(x)
+            x = torch.einsum("ni,nij->nj", frac, lat[g.batch])
+        current = g.with_positions(frac_of(x), lat)
+        energy, forces = evaluate(current, index, step)
         v = v + (0.5 * dt) * forces * inv_m
         if step % cfg.log_every == 0:
             check(energy, forces, step)
             ke = kinetic(v)
-            log_e.append(energy)
-            log_k.append(ke)
-            log_steps.append(step)
+            row = step // cfg.log_every - 1
+            pe_log[row, idx] = energy
+            ke_log[row, idx] = ke
             if callback is not None:
                 temp = 2.0 * ke / (3.0 * n_atoms * ASE_KB)
-                callback(MDState(step, current, v * ASE_FS, energy, ke, temp))
+                callback(MDState(step, current, v * ASE_FS, energy, ke, temp, idx))
     check(energy, forces, cfg.steps)
-
-    pe_t = torch.stack(log_e) if log_e else torch.zeros((0, B), dtype=dtype, device=device)
-    ke_t = torch.stack(log_k) if log_k else torch.zeros((0, B), dtype=dtype, device=device)
-    final = work.with_positions(frac_of(x), lat)
-    final.crystal_properties = {**final.crystal_properties, "energy": energy.clone()}
-    final.atom_properties = {**final.atom_properties, "forces": forces.clone()}
-    return MDResult(
-        batch=final,
-        velocities=v * ASE_FS,
-        forces=forces,
-        steps=torch.tensor(log_steps, dtype=torch.long, device=device),
-        total_energy=pe_t + ke_t,
-        potential_energy=pe_t,
-        kinetic_energy=ke_t,
-        temperature=2.0 * ke_t / (3.0 * n_atoms * ASE_KB),
-    )
+    x_out[atoms] = x
+    v_out[atoms] = v
+    f_out[atoms] = forces
+    e_out[idx] = energy

@@ -1,8 +1,17 @@
 """Batched structure relaxation: FIRE with a Fréchet (exp-log) cell filter, on the device.
 
 Many crystals are relaxed at once with any :class:`~crystal.components.Potential`; each
-crystal has its own FIRE state (time step, mixing, velocity) and its own convergence, and
-a converged crystal leaves the active batch so later steps evaluate only the rest.
+crystal has its own FIRE state (time step, mixing, velocity) and its own convergence.
+
+Crystals wait in a queue and are evaluated together up to a capacity (crystals and/or units of
+the potential's memory metric, by default from its calibrated memory model,
+:mod:`crystal_sim.memory`). With ``inflight=True`` (the default) a crystal that converges (or
+runs out of steps) leaves the active set and the next waiting one takes its place (in-flight
+batching); with ``inflight=False`` the queue is taken in batches that shrink as their crystals
+converge. An out-of-memory error halves the capacity and repeats the evaluation, the crystals
+put back waiting keep their state. As every crystal's state is its own, a crystal's trajectory
+does not depend on the others, on the capacity or on the mode: relaxed alone, in a shrinking
+batch or in flight it gives the same result (to floating-point reduction order).
 
 The algorithm reproduces ASE's ``FIRE`` driving ``FrechetCellFilter`` crystal by crystal.
 Degrees of freedom of crystal *b* with deformation gradient ``F`` (``cell = cell₀ Fᵀ``):
@@ -21,6 +30,8 @@ force (atoms and the three cell rows) is shorter than ``fmax``.
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,11 +42,22 @@ from pydantic import Field, ValidationError
 from crystal.batch import CrystalBatch
 from crystal.config import StrictModel, field_hint
 from crystal.errors import ConfigError, StructureError
+from crystal_sim.memory import (
+    BatchLimits,
+    batch_capacity,
+    free_memory,
+    is_out_of_memory,
+    memory_metric_of,
+    metric_values,
+    note_out_of_memory,
+)
 
 if TYPE_CHECKING:
     from crystal.components import Potential
 
 __all__ = ["FireConfig", "RelaxConfig", "RelaxResult", "relax"]
+
+log = logging.getLogger("crystal_sim.relax")
 
 
 class FireConfig(StrictModel):
@@ -51,8 +73,8 @@ class FireConfig(StrictModel):
     f_alpha: float = Field(0.99, gt=0, le=1, description="mixing decay factor")
 
 
-class RelaxConfig(StrictModel):
-    """What to relax and when to stop."""
+class RelaxConfig(BatchLimits):
+    """What to relax, when to stop, and how many crystals one evaluation holds."""
 
     fmax: float = Field(0.1, gt=0, description="convergence threshold on every generalised force row, eV/Å")
     max_steps: int = Field(500, ge=0, description="FIRE steps per crystal at most")
@@ -63,6 +85,11 @@ class RelaxConfig(StrictModel):
     )
     trajectory_every: int = Field(0, ge=0, description="record a frame every N steps (0: no trajectory)")
     fire: FireConfig = Field(default_factory=FireConfig)
+    inflight: bool = Field(
+        True,
+        description="in-flight batching: when a crystal finishes, a waiting one takes its place; False: the "
+        "crystals are taken in batches of the capacity that shrink as they converge (the same per-crystal results)",
+    )
 
 
 @dataclass
@@ -89,6 +116,17 @@ class RelaxResult:
     trajectory: list[tuple[int, CrystalBatch]] = field(default_factory=list)
 
 
+def _expm(A: torch.Tensor) -> torch.Tensor:
+    """(K, 3, 3) matrix exponentials, each independent of the other matrices of the batch.
+
+    ``torch.linalg.matrix_exp`` takes another code path for a single matrix than for a batch
+    (results differ by up to ~1e-11); a lone matrix is padded with a zero one so that a crystal
+    relaxed alone follows exactly the path it follows in any batch."""
+    if A.shape[0] != 1:
+        return torch.linalg.matrix_exp(A)
+    return torch.linalg.matrix_exp(torch.cat([A, torch.zeros_like(A)]))[:1]
+
+
 def _segment_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.zeros(size, dtype=values.dtype, device=values.device)
     return out.index_add_(0, index, values)
@@ -105,15 +143,23 @@ def relax(
     """Relax every crystal of ``batch`` with ``potential`` (positions and, by default, cell).
 
     ``config`` (or keyword overrides such as ``fmax=0.05, max_steps=300``) follows
-    :class:`RelaxConfig`. ``callback(step, n_active, n_converged)`` is called after each
-    step (progress bars). The batch is moved to the potential's device once; work stays
-    there. Structures with NaN coordinates raise :class:`StructureError`.
+    :class:`RelaxConfig`. ``callback(evaluation, n_running, n_converged)`` is called after
+    each potential evaluation (progress bars; ``n_running`` counts the crystals not finished,
+    active or waiting). The batch is moved to the potential's device once; work stays there.
+    Structures with NaN coordinates raise :class:`StructureError`; an out-of-memory error
+    raised by the potential on a single crystal is raised again (on more, the capacity is
+    halved and the evaluation repeated).
     """
     try:
         cfg = RelaxConfig.model_validate({**(config or RelaxConfig()).model_dump(), **overrides})
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {'unknown parameter' + field_hint(RelaxConfig, tuple(e['loc'])) if e['type'] == 'extra_forbidden' else e['msg']}"
+            (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "")
+            + (
+                "unknown parameter" + field_hint(RelaxConfig, tuple(e["loc"]))
+                if e["type"] == "extra_forbidden"
+                else e["msg"].removeprefix("Value error, ")
+            )
             for e in exc.errors()
         )
         raise ConfigError(f"relax: {problems}") from None
@@ -151,33 +197,85 @@ def relax(
     n_pos = torch.zeros(B, dtype=torch.long, device=device)
     first = torch.ones(B, dtype=torch.bool, device=device)
 
-    active = torch.ones(B, dtype=torch.bool, device=device)
     converged = torch.zeros(B, dtype=torch.bool, device=device)
     steps = torch.zeros(B, dtype=torch.long, device=device)
     energy = torch.zeros(B, dtype=dtype, device=device)
     forces = torch.zeros((N, 3), dtype=dtype, device=device)
     stress = torch.zeros((B, 3, 3), dtype=dtype, device=device) if cfg.relax_cell else None
     eye = torch.eye(3, dtype=dtype, device=device)
-    trajectory: list[tuple[int, CrystalBatch]] = []
+    frames: dict[int, _Frame] = {}
     atom_ids = torch.arange(N, device=device)
 
-    def current_lattices(Xs: torch.Tensor) -> torch.Tensor:
-        lattices: torch.Tensor = cell0 @ torch.linalg.matrix_exp(Xs / c[:, None, None]).transpose(1, 2)
-        return lattices
+    # ---- the queue: which crystals one evaluation holds
+    metric_name, cutoff = memory_metric_of(potential)
+    volume0 = torch.linalg.det(cell0).abs()
+    total = float(metric_values(metric_name, work.num_atoms, volume0, cutoff).sum())
+    limit = batch_capacity(potential, dtype, cfg, total)
 
-    step = 0
+    def metric_of(crystals: list[int]) -> list[float]:
+        """Memory metric of ``crystals`` at their current cell (det F = exp(tr X / c))."""
+        t = torch.tensor(crystals, dtype=torch.long, device=device)
+        vol = volume0[t] * torch.exp(X[t].diagonal(dim1=1, dim2=2).sum(1) / c[t]) if cfg.relax_cell else volume0[t]
+        values: list[float] = metric_values(metric_name, work.num_atoms[t], vol, cutoff).tolist()
+        return values
+
+    waiting: deque[int] = deque(range(B))
+    active: list[int] = []  # kept sorted: the sub-batch is in input order
+
+    def fill() -> None:
+        total = sum(metric_of(active)) if limit is not None and active else 0.0
+        added = False
+        while waiting and (cfg.max_batch_size is None or len(active) < cfg.max_batch_size):
+            if limit is not None:
+                (m,) = metric_of([waiting[0]])
+                if active and total + m > limit:
+                    break
+                total += m
+            active.append(waiting.popleft())
+            added = True
+        if added:
+            active.sort()
+
+    evaluation = 0
     while True:
-        idx = torch.nonzero(active).flatten()
-        if idx.numel() == 0:
+        if cfg.inflight or not active:
+            fill()
+        if not active:
             break
-        a_mask = active[work.batch]
-        a_atoms = atom_ids[a_mask]
-        sub = work.select(idx)
-        F = torch.linalg.matrix_exp(X[idx] / c[idx, None, None]) if cfg.relax_cell else eye.expand(len(idx), 3, 3)
-        lat = cell0[idx] @ F.transpose(1, 2)
-        frac = torch.einsum("ni,nij->nj", u[a_atoms], cell0_inv[idx][sub.batch])
-        sub = sub.with_positions(frac, lat)
-        out = potential.compute(sub, forces=True, stress=cfg.relax_cell)
+        while True:  # one evaluation; out of memory: halve, put crystals back, repeat
+            idx = torch.tensor(active, dtype=torch.long, device=device)
+            in_set = torch.zeros(B, dtype=torch.bool, device=device)
+            in_set[idx] = True
+            a_atoms = atom_ids[in_set[work.batch]]
+            sub = work.select(idx)
+            F = _expm(X[idx] / c[idx, None, None]) if cfg.relax_cell else eye.expand(len(idx), 3, 3)
+            lat = cell0[idx] @ F.transpose(1, 2)
+            frac = torch.einsum("ni,nij->nj", u[a_atoms], cell0_inv[idx][sub.batch])
+            sub = sub.with_positions(frac, lat)
+            try:
+                out = potential.compute(sub, forces=True, stress=cfg.relax_cell)
+                break
+            except Exception as exc:
+                if not is_out_of_memory(exc) or len(active) == 1:
+                    raise
+            free_memory()  # outside the handler: the traceback no longer holds the failed tensors
+            total = sum(metric_of(active))
+            limit = total / 2
+            if cfg.max_batch_metric == "auto":
+                note_out_of_memory(potential, dtype, limit)
+            before = len(active)
+            while len(active) > 1 and sum(metric_of(active)) > limit:
+                waiting.appendleft(active.pop())
+            log.warning(
+                "relax with %s: out of memory on %d crystals (%s %.4g); retrying with %d, capacity now %.4g",
+                potential.name,
+                before,
+                metric_name,
+                total,
+                len(active),
+                limit,
+            )
+        evaluation += 1
         if out.forces is None or (cfg.relax_cell and out.stress is None):
             raise StructureError(f"potential {potential.name!r} returned no forces/stress")
         e_sub = out.energy.to(dtype)
@@ -204,7 +302,7 @@ def relax(
             G = virial @ torch.linalg.inv(F.transpose(1, 2))
             Xa = (X[idx] / c[idx, None, None]).detach().requires_grad_(True)
             with torch.enable_grad():
-                (g_log,) = torch.autograd.grad((torch.linalg.matrix_exp(Xa) * G).sum(), Xa)
+                (g_log,) = torch.autograd.grad((_expm(Xa) * G).sum(), Xa)
             g_X = g_log / c[idx, None, None]
             fmax_b = torch.maximum(fmax_b, g_X.norm(dim=2).amax(dim=1))
         else:
@@ -213,65 +311,128 @@ def relax(
         done_now = fmax_b < cfg.fmax
         out_of_steps = steps[idx] >= cfg.max_steps
         converged[idx] = done_now
-        if cfg.trajectory_every and step % cfg.trajectory_every == 0:
-            trajectory.append((step, _snapshot(work, u, X, cell0, cell0_inv, c, energy, cfg.relax_cell)))
+        if cfg.trajectory_every:
+            _record(frames, steps[idx], idx, cfg.trajectory_every, work, u, X, energy)
         finished = done_now | out_of_steps
         if callback is not None:
-            callback(step, int((~finished).sum()), int(converged.sum()))
-        if finished.all():
-            active[idx] = False
-            break
-        active[idx[finished]] = False
+            callback(evaluation - 1, int((~finished).sum()) + len(waiting), int(converged.sum()))
 
         # ---- FIRE update of the crystals still running (vectorised per crystal)
         keep = ~finished
-        k_idx = idx[keep]
-        k_atom_mask = keep[sub.batch]
-        k_atoms = a_atoms[k_atom_mask]
-        local_batch = torch.cumsum(keep.long(), 0)[sub.batch[k_atom_mask]] - 1
-        K = len(k_idx)
-        fu, fX = g_u[k_atom_mask], g_X[keep]
-        vu, vX = v_u[k_atoms], v_X[k_idx]
-        vf = _segment_sum((fu * vu).sum(1), local_batch, K) + (fX * vX).sum((1, 2))
-        ff = _segment_sum((fu * fu).sum(1), local_batch, K) + (fX * fX).sum((1, 2))
-        vv = _segment_sum((vu * vu).sum(1), local_batch, K) + (vX * vX).sum((1, 2))
-        a_k, dt_k, n_k, first_k = alpha[k_idx], dt[k_idx], n_pos[k_idx], first[k_idx]
-        downhill = (vf > 0) & ~first_k
-        uphill = ~(vf > 0) & ~first_k
-        mix = torch.where(downhill, a_k, torch.zeros_like(a_k))
-        scale = torch.where(downhill, a_k * torch.sqrt(vv) / torch.sqrt(ff).clamp_min(1e-300), torch.zeros_like(a_k))
-        keep_v = torch.where(uphill, torch.zeros_like(a_k), 1.0 - mix)
-        vu = keep_v[local_batch, None] * vu + scale[local_batch, None] * fu
-        vX = keep_v[:, None, None] * vX + scale[:, None, None] * fX
-        grow = downhill & (n_k > fire.n_min)
-        dt_k = torch.where(grow, torch.clamp(dt_k * fire.f_inc, max=fire.dt_max), dt_k)
-        a_k = torch.where(grow, a_k * fire.f_alpha, a_k)
-        n_k = torch.where(downhill, n_k + 1, n_k)
-        dt_k = torch.where(uphill, dt_k * fire.f_dec, dt_k)
-        a_k = torch.where(uphill, torch.full_like(a_k, fire.alpha_start), a_k)
-        n_k = torch.where(uphill, torch.zeros_like(n_k), n_k)
-        vu = vu + dt_k[local_batch, None] * fu
-        vX = vX + dt_k[:, None, None] * fX
-        dru, drX = dt_k[local_batch, None] * vu, dt_k[:, None, None] * vX
-        norm = torch.sqrt(_segment_sum((dru * dru).sum(1), local_batch, K) + (drX * drX).sum((1, 2)))
-        shrink = torch.where(norm > fire.max_step, fire.max_step / norm.clamp_min(1e-300), torch.ones_like(norm))
-        u[k_atoms] = u[k_atoms] + shrink[local_batch, None] * dru
-        if cfg.relax_cell:
-            X[k_idx] = X[k_idx] + shrink[:, None, None] * drX
-        v_u[k_atoms], v_X[k_idx] = vu, vX
-        alpha[k_idx], dt[k_idx], n_pos[k_idx] = a_k, dt_k, n_k
-        first[k_idx] = False
-        steps[k_idx] += 1
-        step += 1
+        if keep.any():
+            k_idx = idx[keep]
+            k_atom_mask = keep[sub.batch]
+            k_atoms = a_atoms[k_atom_mask]
+            local_batch = torch.cumsum(keep.long(), 0)[sub.batch[k_atom_mask]] - 1
+            K = len(k_idx)
+            fu, fX = g_u[k_atom_mask], g_X[keep]
+            vu, vX = v_u[k_atoms], v_X[k_idx]
+            vf = _segment_sum((fu * vu).sum(1), local_batch, K) + (fX * vX).sum((1, 2))
+            ff = _segment_sum((fu * fu).sum(1), local_batch, K) + (fX * fX).sum((1, 2))
+            vv = _segment_sum((vu * vu).sum(1), local_batch, K) + (vX * vX).sum((1, 2))
+            a_k, dt_k, n_k, first_k = alpha[k_idx], dt[k_idx], n_pos[k_idx], first[k_idx]
+            downhill = (vf > 0) & ~first_k
+            uphill = ~(vf > 0) & ~first_k
+            mix = torch.where(downhill, a_k, torch.zeros_like(a_k))
+            scale = torch.where(
+                downhill, a_k * torch.sqrt(vv) / torch.sqrt(ff).clamp_min(1e-300), torch.zeros_like(a_k)
+            )
+            keep_v = torch.where(uphill, torch.zeros_like(a_k), 1.0 - mix)
+            vu = keep_v[local_batch, None] * vu + scale[local_batch, None] * fu
+            vX = keep_v[:, None, None] * vX + scale[:, None, None] * fX
+            grow = downhill & (n_k > fire.n_min)
+            dt_k = torch.where(grow, torch.clamp(dt_k * fire.f_inc, max=fire.dt_max), dt_k)
+            a_k = torch.where(grow, a_k * fire.f_alpha, a_k)
+            n_k = torch.where(downhill, n_k + 1, n_k)
+            dt_k = torch.where(uphill, dt_k * fire.f_dec, dt_k)
+            a_k = torch.where(uphill, torch.full_like(a_k, fire.alpha_start), a_k)
+            n_k = torch.where(uphill, torch.zeros_like(n_k), n_k)
+            vu = vu + dt_k[local_batch, None] * fu
+            vX = vX + dt_k[:, None, None] * fX
+            dru, drX = dt_k[local_batch, None] * vu, dt_k[:, None, None] * vX
+            norm = torch.sqrt(_segment_sum((dru * dru).sum(1), local_batch, K) + (drX * drX).sum((1, 2)))
+            shrink = torch.where(norm > fire.max_step, fire.max_step / norm.clamp_min(1e-300), torch.ones_like(norm))
+            u[k_atoms] = u[k_atoms] + shrink[local_batch, None] * dru
+            if cfg.relax_cell:
+                X[k_idx] = X[k_idx] + shrink[:, None, None] * drX
+            v_u[k_atoms], v_X[k_idx] = vu, vX
+            alpha[k_idx], dt[k_idx], n_pos[k_idx] = a_k, dt_k, n_k
+            first[k_idx] = False
+            steps[k_idx] += 1
+        active = [b for b, done in zip(active, finished.tolist(), strict=True) if not done]
 
-    lat_final = current_lattices(X) if cfg.relax_cell else cell0
+    lat_final = _lattices(cell0, X, c) if cfg.relax_cell else cell0
     frac_final = torch.einsum("ni,nij->nj", u, cell0_inv[work.batch])
     final = work.with_positions(frac_final, lat_final)
     final.crystal_properties = {**final.crystal_properties, "energy": energy.clone()}
     final.atom_properties = {**final.atom_properties, "forces": forces.clone()}
-    if cfg.trajectory_every and (not trajectory or trajectory[-1][0] != step):
-        trajectory.append((step, _snapshot(work, u, X, cell0, cell0_inv, c, energy, cfg.relax_cell)))
+    trajectory: list[tuple[int, CrystalBatch]] = []
+    if cfg.trajectory_every:
+        last = int(steps.max())
+        frames.setdefault(last, _Frame.empty(work))
+        for k in sorted(frames):
+            frame = frames[k]
+            todo = ~frame.filled  # crystals that stopped before step k: their final state
+            frame.fill(todo, work, u, X, energy)
+            trajectory.append((k, _snapshot(work, frame.u, frame.X, cell0, cell0_inv, c, frame.energy, cfg.relax_cell)))
     return RelaxResult(final, energy, forces, stress, converged, steps, trajectory)
+
+
+def _lattices(cell0: torch.Tensor, X: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) lattices ``cell₀ Fᵀ`` with ``F = exp(X / c)``."""
+    lattices: torch.Tensor = cell0 @ _expm(X / c[:, None, None]).transpose(1, 2)
+    return lattices
+
+
+@dataclass
+class _Frame:
+    """One trajectory frame being assembled: each crystal's state at its own step ``k``
+    (or its final state when it stopped before ``k``)."""
+
+    u: torch.Tensor
+    X: torch.Tensor
+    energy: torch.Tensor
+    filled: torch.Tensor
+
+    @classmethod
+    def empty(cls, work: CrystalBatch) -> _Frame:
+        B, N, dtype, device = len(work), work.num_nodes, work.dtype, work.device
+        return cls(
+            torch.zeros((N, 3), dtype=dtype, device=device),
+            torch.zeros((B, 3, 3), dtype=dtype, device=device),
+            torch.zeros(B, dtype=dtype, device=device),
+            torch.zeros(B, dtype=torch.bool, device=device),
+        )
+
+    def fill(
+        self, crystals: torch.Tensor, work: CrystalBatch, u: torch.Tensor, X: torch.Tensor, energy: torch.Tensor
+    ) -> None:
+        """Copy the current state of ``crystals`` ((B,) bool mask)."""
+        atoms = crystals[work.batch]
+        self.u[atoms] = u[atoms]
+        self.X[crystals] = X[crystals]
+        self.energy[crystals] = energy[crystals]
+        self.filled |= crystals
+
+
+def _record(
+    frames: dict[int, _Frame],
+    own_steps: torch.Tensor,
+    idx: torch.Tensor,
+    every: int,
+    work: CrystalBatch,
+    u: torch.Tensor,
+    X: torch.Tensor,
+    energy: torch.Tensor,
+) -> None:
+    """Store the state of the evaluated crystals ``idx`` whose own step is a multiple of ``every``."""
+    due = own_steps % every == 0
+    if not due.any():
+        return
+    for k in torch.unique(own_steps[due]).tolist():
+        mask = torch.zeros(len(work), dtype=torch.bool, device=work.device)
+        mask[idx[due & (own_steps == k)]] = True
+        frames.setdefault(int(k), _Frame.empty(work)).fill(mask, work, u, X, energy)
 
 
 def _snapshot(
@@ -284,7 +445,7 @@ def _snapshot(
     energy: torch.Tensor,
     relax_cell: bool,
 ) -> CrystalBatch:
-    lat = cell0 @ torch.linalg.matrix_exp(X / c[:, None, None]).transpose(1, 2) if relax_cell else cell0
+    lat = cell0 @ _expm(X / c[:, None, None]).transpose(1, 2) if relax_cell else cell0
     frac = torch.einsum("ni,nij->nj", u, cell0_inv[work.batch])
     snap = work.with_positions(frac.clone(), lat.clone())
     snap.crystal_properties = {"energy": energy.clone()}

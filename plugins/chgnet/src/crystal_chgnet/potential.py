@@ -174,6 +174,7 @@ class CHGNetPotential(Potential):
     default_weights = "chgnet-0.3.0"
     #: CHGNet's atom embedding covers H (1) to Pu (94)
     elements: ClassVar[frozenset[int] | None] = frozenset(range(1, 95))
+    memory_metric = "edges"  # atom graph at the cutoff (plus a bond graph within it)
 
     config: CHGNetConfig
 

@@ -157,6 +157,7 @@ class M3GNetPotential(TrainablePotential):
     """
 
     name = "m3gnet"
+    memory_metric = "edges"  # radius graph at the cutoff (and three-body triplets within it)
     version = __version__
     description = (
         "M3GNet (Chen & Ong 2022: three-body spherical Bessel x Y_l0 bond updates, gated graph convolutions, "

@@ -399,6 +399,7 @@ class MACEPotential(TrainablePotential):
     """
 
     name = "mace"
+    memory_metric = "edges"  # messages on the radius graph at the cutoff
     version = __version__
     description = (
         "MACE (paper defaults: 2 layers, 128x0e+128x1o, max_ell 3, correlation 3 = 4-body messages, 8 Bessel + "

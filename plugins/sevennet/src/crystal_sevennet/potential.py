@@ -211,6 +211,7 @@ class SevenNetPotential(Potential):
     default_weights = "sevennet-0"
     #: SevenNet-0's type map: H–Bi and Ac–Pu (no Po–Ra, Z = 84–88)
     elements: ClassVar[frozenset[int] | None] = SEVENNET_0_ELEMENTS
+    memory_metric = "edges"  # equivariant messages on the radius graph
 
     config: SevenNetConfig
 
