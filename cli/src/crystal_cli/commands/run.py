@@ -33,6 +33,27 @@ def _load(pipeline: Path | None, overrides: list[str]) -> Any:
     return Pipeline(parse_pipeline_config(data, origin), origin=origin)
 
 
+def _with_executor(
+    p: Any, executor: str | None, address: str | None, workers: int | None, gpus_per_worker: float | None
+) -> Any:
+    """``p`` with the executor flags of ``crystal run`` applied over its ``[pipeline]`` table."""
+    from crystal_pipeline.config import parse_pipeline_config
+
+    ray_flags = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}
+    given = {k: v for k, v in ray_flags.items() if v is not None}
+    if executor is None and not given:
+        return p
+    data = p.config.model_dump(mode="json")
+    if executor is not None:
+        data["pipeline"]["executor"] = executor
+    if given and data["pipeline"]["executor"] != "ray":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{flags}: only with the ray executor (--executor ray or [pipeline] executor = 'ray')")
+    data["pipeline"]["ray"].update(given)
+    p.config = parse_pipeline_config(data, p.origin)
+    return p
+
+
 @app.command("validate")
 def validate(
     pipeline: Annotated[
@@ -48,7 +69,8 @@ def validate(
     cfg = p.config
     typer.echo(
         f"{p.origin}: valid — source {cfg.source.type}, {len(cfg.steps)} step(s) "
-        f"({', '.join(s.id for s in cfg.steps) or 'none'}), {len(cfg.sinks)} sink(s)"
+        f"({', '.join(s.id for s in cfg.steps) or 'none'}), {len(cfg.sinks)} sink(s), "
+        f"executor {cfg.pipeline.executor}"
     )
 
 
@@ -72,6 +94,23 @@ def run(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress output; print only the run directory.")
     ] = False,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="local (this process) or ray (map stages on a Ray cluster; pip install 'crystal-pipeline[ray]'); "
+            "overrides [pipeline] executor."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="ray: the cluster to join (auto, ray://host:10001, host:6379); default: a local Ray."),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="ray: worker actors (default: cluster CPUs, or GPUs / --gpus-per-worker).")
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None, typer.Option(min=0, help="ray: GPUs reserved by each worker (Ray num_gpus).")
+    ] = None,
 ) -> None:
     """Run a pipeline: source → steps → sinks, into a run directory with a manifest."""
     if resume and run_dir is None:
@@ -82,6 +121,9 @@ def run(
         p = Pipeline.from_run_dir(run_dir)  # type: ignore[arg-type]  # checked above
     else:
         p = _load(pipeline, set_ or [])
+    if executor is not None and executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: must be 'local' or 'ray'")
+    p = _with_executor(p, executor, address, workers, gpus_per_worker)
     listeners = [] if quiet else [ProgressListener()]
     result = run_interruptible(p, run_dir, listeners, resume=resume, device=device)
     if quiet:

@@ -46,6 +46,7 @@ from crystal.device import DEVICE_PATTERN
 from crystal.errors import ConfigError
 from crystal.specs import parse_value
 from crystal_sim.md import MDConfig
+from crystal_sim.relax import RelaxConfig
 
 __all__ = [
     "CharacterizeStep",
@@ -63,6 +64,7 @@ __all__ = [
     "PipelineMeta",
     "PredictStep",
     "RankStep",
+    "RayExecutorConfig",
     "RelaxStep",
     "StructureSink",
     "ValidateStep",
@@ -70,6 +72,32 @@ __all__ = [
     "load_pipeline_config",
     "parse_pipeline_config",
 ]
+
+
+class RayExecutorConfig(StrictModel):
+    """Where and how wide the ``ray`` executor runs (``[pipeline.ray]``; ``crystal run --executor ray
+    --address ... --workers N --gpus-per-worker G`` override these fields)."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join: 'auto' (the cluster this machine belongs to), 'ray://host:10001' "
+        "(Ray Client) or 'host:6379'; default: the RAY_ADDRESS variable, else a Ray instance started on this "
+        "machine for the run",
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        description="actors running the map stages, each loading its components once (default: the "
+        "cluster's GPUs / gpus_per_worker when gpus_per_worker > 0, else its CPUs / cpus_per_worker)",
+    )
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved by each worker (Ray's num_gpus)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each worker (Ray's num_cpus)")
+    max_retries: int = Field(
+        3,
+        ge=0,
+        description="times a block is retried after its worker process died (a Python exception in a step "
+        "is not retried: the crystal is isolated and reported as a failure)",
+    )
 
 
 class PipelineMeta(StrictModel):
@@ -81,6 +109,12 @@ class PipelineMeta(StrictModel):
     min_distance: float = Field(
         0.5, gt=0, description="Å; inputs with atoms closer than this are reported as failures before any step"
     )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="'local': this process; 'ray': map stages on a Ray cluster, one block of chunk_size "
+        "crystals per task (pip install 'crystal-pipeline[ray]')",
+    )
+    ray: RayExecutorConfig = Field(default_factory=RayExecutorConfig, description="the ray executor's settings")
 
 
 # ------------------------------------------------------------------------ sources
@@ -127,6 +161,11 @@ class ValidateStep(_Step):
     min_distance: float = Field(0.5, gt=0, description="Å")
 
 
+def _relax_field(name: str) -> Any:
+    """The :class:`~crystal_sim.relax.RelaxConfig` field ``name`` (default, constraints, description)."""
+    return copy.copy(RelaxConfig.model_fields[name])
+
+
 class RelaxStep(_Step):
     """Relax positions (and cell) with a potential; adds energy, energy_per_atom, converged, relax_steps."""
 
@@ -140,6 +179,25 @@ class RelaxStep(_Step):
     trajectory_every: int = Field(
         0, ge=0, description="write trajectories/<step>-chunk<N>.extxyz with a frame every N FIRE steps (0: none)"
     )
+    inflight: bool = _relax_field("inflight")
+    max_batch_size: int | None = _relax_field("max_batch_size")
+    max_batch_metric: Annotated[float, Field(gt=0)] | Literal["auto"] | None = _relax_field("max_batch_metric")
+    memory_fraction: float = _relax_field("memory_fraction")
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> RelaxStep:
+        try:
+            self.relax_config()  # RelaxConfig's own cross-field rules (memory_fraction needs 'auto')
+        except ValidationError as exc:
+            problems = [
+                (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + _error_message(e) for e in exc.errors()
+            ]
+            raise ValueError("; ".join(problems)) from None
+        return self
+
+    def relax_config(self) -> RelaxConfig:
+        """The :class:`~crystal_sim.relax.RelaxConfig` of this step."""
+        return RelaxConfig(**self.model_dump(include=set(RelaxConfig.model_fields)))
 
 
 def _error_message(err: Any) -> str:
@@ -187,6 +245,9 @@ class MDStep(_Step):
     init_temperature: float | None = _md_field("init_temperature")
     log_every: int = _md_field("log_every")
     wrap: bool = _md_field("wrap")
+    max_batch_size: int | None = _md_field("max_batch_size")
+    max_batch_metric: Annotated[float, Field(gt=0)] | Literal["auto"] | None = _md_field("max_batch_metric")
+    memory_fraction: float = _md_field("memory_fraction")
     seed: int | None = Field(
         None,
         ge=0,

@@ -14,6 +14,10 @@ Steps are grouped into stages: consecutive map steps run chunk by chunk (``chunk
 crystals at a time, each chunk checkpointed), and every global step (filter, rank,
 deduplicate) is a stage of its own. ``resume=True`` reloads every finished checkpoint and
 redoes nothing that was finished.
+
+The source is read in blocks (:mod:`crystal_pipeline.sources`). With ``[pipeline] executor =
+"ray"`` the map stages run block by block on a Ray cluster and the global steps on a compact
+table (:mod:`crystal_pipeline.ray_executor`); the outputs are the same.
 """
 
 from __future__ import annotations
@@ -37,11 +41,11 @@ import numpy as np
 import torch
 
 from crystal.batch import CrystalBatch
-from crystal.components import Component, GenerationConditions, Generator
+from crystal.components import Component, Generator
 from crystal.device import resolve_device
 from crystal.errors import ConfigError, CrystalError, PluginError, WeightsError
 from crystal.events import EventKind, PipelineEvent
-from crystal.io import Failure, atomic_write, read_structures, write_structures
+from crystal.io import Failure, atomic_write, write_structures
 from crystal_pipeline.config import (
     MAP_STEPS,
     CsvSink,
@@ -81,7 +85,9 @@ class RunResult:
 
 
 def _config_hash(config: PipelineConfig) -> str:
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    """The config's identity for ``--resume``: everything but where the ray executor runs (a run
+    may resume on another cluster, with another number of workers)."""
+    blob = json.dumps(config.model_dump(mode="json", exclude={"pipeline": {"ray"}}), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -189,10 +195,10 @@ class Pipeline:
                     problems.append(f"{where}: field 'representation': {exc}")
         src = self.config.source
         if isinstance(src, FilesSource):
-            from crystal.io import expand_paths
+            from crystal_pipeline.sources import check_source_paths
 
-            try:
-                expand_paths(self._source_paths(src))
+            try:  # each pattern up to its first match: cheap however many files a glob matches
+                check_source_paths(src.paths, self.base_dir)
             except ConfigError as exc:
                 problems.append(f"{self.origin}: source: field 'paths': {exc}")
         if isinstance(src, DatasetSource):
@@ -221,6 +227,13 @@ class Pipeline:
                             f"{self.origin}: step {step.id!r}: field 'names': unknown metric {n!r}; "
                             f"allowed: {', '.join(sorted(known_metrics))}"
                         )
+        if self.config.pipeline.executor == "ray":
+            from crystal_pipeline.ray_executor import require_ray
+
+            try:
+                require_ray()
+            except ConfigError as exc:
+                problems.append(f"{self.origin}: pipeline: field 'executor': {exc}")
         if problems:
             raise ConfigError("\n".join(problems))
 
@@ -238,7 +251,13 @@ class Pipeline:
         dev = resolve_device(device or self.config.pipeline.device)
         fresh = run_dir is None or not Path(run_dir).exists()
         path, started = self._prepare_run_dir(run_dir, resume)
-        run = _Run(run_dir=path, resume=resume, dev=dev, listeners=list(listeners))
+        run = _Run(
+            run_dir=path,
+            resume=resume,
+            dev=dev,
+            listeners=list(listeners),
+            device_spec=device or self.config.pipeline.device,
+        )
         run.manifest = self._initial_manifest(run, started)
         _write_json(run.manifest_path, run.manifest)
         try:
@@ -312,6 +331,13 @@ class Pipeline:
         t_run = time.perf_counter()
         run.emit("run_start", message=f"pipeline {meta.name!r} on {run.dev}")
         ctx = StepContext(run_dir=run.run_dir, emit=run.emit, seed=meta.seed, base_dir=self.base_dir)
+        if meta.executor == "ray":  # components load in the workers (and on the driver for evaluate only)
+            from crystal_pipeline.ray_executor import execute_ray
+
+            rows = execute_ray(self, run, ctx)
+            run.manifest["timings_s"]["total"] = round(time.perf_counter() - t_run, 3)
+            return self._finish(run, rows)
+        run.manifest["executor"] = {"type": "local"}
         run.manifest["plugins"] = self._load_components(ctx, run.dev)
         self._source_stage(run, ctx)
         for k, stage in enumerate(_group_stages(self.config.steps)):
@@ -327,9 +353,12 @@ class Pipeline:
         run.manifest["timings_s"]["total"] = round(time.perf_counter() - t_run, 3)
         return self._finish(run, rows)
 
-    def _load_components(self, ctx: StepContext, dev: torch.device) -> list[dict[str, Any]]:
-        """Instantiate every component once per run into ``ctx.components``; their manifest
-        records (versions, distributions, configs, weights)."""
+    def _load_components(
+        self, ctx: StepContext, dev: torch.device, only: set[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Instantiate every component once per run into ``ctx.components`` (only those of the
+        step ids in ``only``, 'source' for a generator, when given); their manifest records
+        (versions, distributions, configs, weights)."""
         from crystal.plugins import list_plugins, load_class
 
         plugins_used = []
@@ -342,6 +371,8 @@ class Pipeline:
             return cls(ccfg, device=str(dev) if dev.type in cls.devices else "cpu")
 
         for step_id, kind, name, ccfg in self._components_needed():
+            if only is not None and step_id not in only:
+                continue
             comp = instantiate(kind, name, ccfg)
             comps: tuple[Component, ...] = (comp,)
             if kind == "characterizer":
@@ -405,7 +436,9 @@ class Pipeline:
             done += len(chunk)
             for s in stage:
                 run.emit("progress", s.id, f"chunk {j + 1}/{n_chunks}", done=done, total=len(batch))
-        run.batch = CrystalBatch.concat(parts) if parts else batch
+        # a chunk whose every crystal failed has none of the stage's columns: leave it out
+        kept = [p for p in parts if len(p)]
+        run.batch = CrystalBatch.concat(kept) if kept else (parts[-1] if parts else batch)
         for s in stage:
             run.emit("step_end", s.id, f"{len(run.batch)} crystals remain", done=len(run.batch), total=len(run.batch))
 
@@ -456,40 +489,37 @@ class Pipeline:
 
     # ------------------------------------------------------------------ helpers
     def _read_source(self, ctx: StepContext, dev: torch.device) -> StageOutput:
+        """The source read block by block (:func:`~crystal_pipeline.sources.plan_blocks`, as the
+        ray executor reads it, so both give the same inputs and ids), then checked."""
+        from crystal_pipeline.sources import plan_blocks, read_block
+
         src = self.config.source
         meta = self.config.pipeline
+        gen: Generator | None = None
+        if isinstance(src, GenerateSource):
+            (comp,) = ctx.components["source"]
+            assert isinstance(comp, Generator)
+            gen = comp
         failures: list[Failure] = []
-        if isinstance(src, FilesSource):
-            res = read_structures(self._source_paths(src), format=src.format, limit=src.limit, id_column=src.id_column)
-            batch = res.to_batch()
-            failures += res.failures
-        elif isinstance(src, DatasetSource):
-            from crystal.registries import datasets
-
-            ids, structures = datasets()[src.name].load(src.limit)
-            batch = CrystalBatch.from_structures(structures, list(ids))
-            for info in batch.info:
-                info["source"] = f"dataset:{src.name}"
-        else:
-            assert isinstance(src, GenerateSource)
-            (gen,) = ctx.components["source"]
-            assert isinstance(gen, Generator)
-            conditions = GenerationConditions(
-                composition=src.composition,
-                chemical_system=tuple(src.chemical_system) if src.chemical_system else None,
-                formula_units=tuple(src.formula_units) if src.formula_units else None,
-                space_groups=tuple(src.space_groups) if src.space_groups else None,
-            )
-            batch = gen.generate(src.num_samples, conditions, seed=meta.seed).to("cpu", torch.float64)
-            for info in batch.info:
-                info.setdefault("source", f"generator:{gen.name}")
-        # ids must be unique to account for every input
-        seen: dict[str, int] = {}
+        parts: list[CrystalBatch] = []
+        for spec in plan_blocks(src, base_dir=self.base_dir, chunk_size=meta.chunk_size, seed=meta.seed):
+            block = read_block(spec, src, base_dir=self.base_dir, generator=gen)
+            failures += block.failures
+            if len(block.batch):
+                parts.append(block.batch)
+        batch = CrystalBatch.concat(parts) if parts else CrystalBatch.empty()
+        # ids must be unique to account for every input (blocks are; the same id in two blocks is not)
+        used: set[str] = set()
+        suffix: dict[str, int] = {}
         new_ids = []
         for i in batch.ids:
-            n = seen.get(i, 0)
-            seen[i] = n + 1
-            new_ids.append(i if n == 0 else f"{i}#{n}")
+            out, n = i, suffix.get(i, 0)
+            while out in used:
+                n += 1
+                out = f"{i}#{n}"
+            suffix[i] = n
+            used.add(out)
+            new_ids.append(out)
         batch.ids = new_ids
         batch = batch.to(dev)
         reasons = _validate_in_chunks(batch, meta.min_distance, meta.chunk_size)
@@ -502,9 +532,6 @@ class Pipeline:
         for f in failures:
             ctx.emit("failure", "source", f"{f.id}: {f.reason}", data={"id": f.id, "reason": f.reason})
         return StageOutput(batch.select(keep), failures)
-
-    def _source_paths(self, src: FilesSource) -> list[str]:
-        return [p if Path(p).is_absolute() else str(self.base_dir / p) for p in src.paths]
 
     def _write_sink(self, sink: Any, batch: CrystalBatch, run_dir: Path) -> list[str]:
         target = run_dir / sink.path
@@ -566,6 +593,8 @@ class _Run:
     resume: bool
     dev: torch.device
     listeners: list[Listener]
+    device_spec: str = "auto"
+    """The device asked for (resolved again by each ray worker, on its own machine)."""
     manifest: dict[str, Any] = field(default_factory=dict)
     all_ids: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # input id -> where it came from

@@ -33,6 +33,7 @@ from crystal_pipeline.config import (
     ValidateStep,
 )
 from crystal_pipeline.state import Dropped, StageOutput
+from crystal_sim.memory import free_memory, is_out_of_memory
 
 __all__ = ["StepContext", "md_seed", "run_global_step", "run_map_step"]
 
@@ -72,18 +73,12 @@ def _relax(step: RelaxStep, batch: CrystalBatch, ctx: StepContext) -> StageOutpu
 
     (potential,) = ctx.components[step.id]
     assert isinstance(potential, Potential)
-    cfg = RelaxConfig(
-        fmax=step.fmax,
-        max_steps=step.max_steps,
-        relax_cell=step.relax_cell,
-        scalar_pressure=step.scalar_pressure,
-        trajectory_every=step.trajectory_every,
-    )
+    cfg: RelaxConfig = step.relax_config()  # in flight, capacity from the potential's memory model
     potential.check_elements(batch)
 
     def progress(k: int, n_active: int, n_converged: int) -> None:
         if k % 10 == 0:
-            ctx.emit("progress", step.id, f"FIRE step {k}: {n_converged} converged, {n_active} running")
+            ctx.emit("progress", step.id, f"FIRE evaluation {k}: {n_converged} converged, {n_active} running")
 
     res = relax(potential, batch, cfg, callback=progress)
     out = res.batch.to(batch.device)
@@ -130,29 +125,31 @@ def _md(step: MDStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
     n_atoms = work.num_atoms.to(work.dtype)
 
     velocities: torch.Tensor | None = None
-    total0: torch.Tensor | None = None
+    kinetic0: torch.Tensor | None = None
     if cfg.ensemble == "nve":
         # the drift is measured from step 0: draw the start velocities here (exactly the
-        # ones run_md would draw) and evaluate the initial energy once
+        # ones run_md would draw); run_md returns the initial potential energy
         t0 = cfg.temperature if cfg.init_temperature is None else cfg.init_temperature
         velocities = maxwell_boltzmann_velocities(work, t0, cfg.seed)
         masses = torch.as_tensor(atomic_masses, dtype=work.dtype, device=work.device)[work.atomic_numbers]
         v = velocities / ase_fs  # Å per ASE time unit
-        kinetic = torch.zeros(len(work), dtype=work.dtype, device=work.device).index_add_(
+        kinetic0 = torch.zeros(len(work), dtype=work.dtype, device=work.device).index_add_(
             0, work.batch, 0.5 * masses * (v * v).sum(dim=1)
         )
-        total0 = potential.compute(work, forces=False, stress=False).energy.to(work.dtype) + kinetic
 
     every = max(1, step.steps // 10)
     last = [0]
 
     def progress(state: MDState) -> None:
+        if state.step < last[0]:  # the next group of crystals (more than fit in memory at once)
+            last[0] = 0
         if state.step // every > last[0] // every:
             last[0] = state.step
             ctx.emit(
                 "progress",
                 step.id,
-                f"MD step {state.step}/{step.steps}: mean T {state.temperature.mean().item():.0f} K",
+                f"MD step {state.step}/{step.steps} ({len(state.batch)} crystals): "
+                f"mean T {state.temperature.mean().item():.0f} K",
             )
 
     res = run_md(potential, work, cfg, velocities=velocities, callback=progress)
@@ -160,8 +157,8 @@ def _md(step: MDStep, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
     energy = out.crystal_properties["energy"]
     out.crystal_properties["energy_per_atom"] = energy / out.num_atoms.to(energy.dtype)
     out.crystal_properties["md_temperature_mean"] = res.temperature.mean(dim=0).to(out.device, energy.dtype)
-    if total0 is not None:
-        drift = (res.total_energy[-1] - total0) / n_atoms
+    if kinetic0 is not None:
+        drift = (res.total_energy[-1] - (res.initial_potential_energy + kinetic0)) / n_atoms
         out.crystal_properties["md_energy_drift_per_atom"] = drift.to(out.device, energy.dtype)
     return StageOutput(out)
 
@@ -241,26 +238,6 @@ _MAP: dict[str, Callable[[Any, CrystalBatch, StepContext], StageOutput]] = {
     "characterize": _characterize,
     "metrics": _metrics,
 }
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocator failure (host ``MemoryError``, torch's CPU allocator,
-    CUDA out of memory)."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "can't allocate memory" in text or "out of memory" in text.lower() or "CUBLAS_STATUS_ALLOC_FAILED" in text
-    )
-
-
-def free_memory() -> None:
-    """Give back what a failed allocation left behind (Python garbage, the CUDA cache)."""
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def out_of_memory_reason(exc: BaseException, sub: CrystalBatch, where: str) -> str:
