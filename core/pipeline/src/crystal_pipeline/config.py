@@ -121,9 +121,15 @@ class PipelineMeta(StrictModel):
 class FilesSource(StrictModel):
     type: Literal["files"]
     paths: list[str] = Field(min_length=1, description="files, directories or globs, relative to the pipeline file")
-    format: Literal["cif", "poscar", "extxyz", "json", "csv"] | None = Field(None, description="default: by extension")
-    limit: int | None = Field(None, ge=1, description="read at most this many structures")
-    id_column: str | None = Field(None, description="CSV column holding ids (default: material_id, id or cif_id)")
+    format: Literal["cif", "poscar", "extxyz", "json", "csv", "parquet"] | None = Field(
+        None, description="default: by extension (.parquet: a table with a 'cif' or 'extxyz' column)"
+    )
+    limit: int | None = Field(
+        None, ge=1, description="read at most this many inputs (files, rows, frames, CIF data blocks), readable or not"
+    )
+    id_column: str | None = Field(
+        None, description="CSV/Parquet column holding ids (default: material_id, id or cif_id)"
+    )
 
 
 class DatasetSource(StrictModel):

@@ -17,7 +17,7 @@
   collects the surviving structures (it scores them as one set). Their result is a selection
   per block that the next map stage applies.
 * Outputs: ``results.csv`` and ``failures.csv`` as locally, one Parquet shard per block
-  (``results/part-BBBBB.parquet``: the rows of the block's inputs and the surviving
+  (``results/block-BBBBBBBB.parquet``: the rows of the block's inputs and the surviving
   structures as CIF), and the ``[[sinks]]`` written by streaming over the survivors block by
   block. :class:`~crystal_pipeline.runner.RunResult.batch` is empty: the structures stay on
   disk.
@@ -477,8 +477,8 @@ def _write_outputs(pipeline: Pipeline, run: _Run, table: _Table) -> list[dict[st
 
 
 def _write_shards(run: _Run, table: _Table) -> list[str]:
-    """``results/part-BBBBB.parquet``: each block's rows and its surviving structures."""
-    from crystal_pipeline.shards import write_shard
+    """``results/block-BBBBBBBB.parquet``: each block's rows and its surviving structures."""
+    from crystal_pipeline.shards import shard_path, write_shard
 
     blocks = _Blocks(table, cache=1)
     alive = set(table.order)
@@ -486,7 +486,7 @@ def _write_shards(run: _Run, table: _Table) -> list[str]:
         rows = [_public(table.rows[i]) for i in table.blocks[b]]
         keep = [i for i in table.blocks[b] if i in alive]
         batch = blocks.select(keep) if keep else None
-        write_shard(run.run_dir / "results" / f"part-{b:05d}.parquet", rows, batch, structure_format="cif")
+        write_shard(shard_path(run.run_dir / "results", b), rows, batch, structure_format="cif")
     return ["results"]
 
 
