@@ -4,7 +4,9 @@
     most) -> CGCNN predict (cgcnn-perov5-heat-ref) -> results.csv
 
 ``--light`` replaces relax + predict by a cheap metrics step, to measure the executor's own
-overhead and the driver's memory at larger N.
+overhead and the driver's memory at larger N. ``--source parquet`` reads N crystals from one
+Parquet table with a ``cif`` column (the Perov-5 test CIFs of ``../shared/data``, repeated
+under new ids) instead of generating them: a streaming file source, cheaper than PyXtal.
 
 Each mode runs in a fresh Python process (so that its peak RSS is its own): ``local``, then
 ``ray1`` and ``ray2`` (a local Ray instance with --workers-cpus CPUs; each worker actor holds
@@ -50,7 +52,9 @@ def pipeline(args: argparse.Namespace, mode: str) -> dict:
             "num_samples": args.n,
             "chemical_system": args.elements,
             "config": {"max_atoms": args.max_atoms},
-        },
+        }
+        if args.source == "pyxtal"
+        else {"type": "files", "paths": [args.parquet_path]},
         "steps": [
             {"id": "relax", "type": "relax", "potential": "chgnet", "fmax": 0.1, "max_steps": args.max_steps},
             {"id": "prop", "type": "predict", "encoder": "cgcnn", "config": {"weights": "cgcnn-perov5-heat-ref"}},
@@ -99,6 +103,24 @@ def one(args: argparse.Namespace) -> None:
     )
 
 
+def _make_parquet(n: int, target: Path) -> str:
+    """``n`` rows (``material_id``, ``cif``): the Perov-5 test CIFs repeated under new ids."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "perov_5" / "test.csv"
+    if not src.is_file():
+        sys.exit(f"pipeline_scale: --source parquet needs {src}")
+    with src.open(newline="") as fh:
+        cifs = [row["cif"] for row in csv.DictReader(fh)]
+    rows = [cifs[k % len(cifs)] for k in range(n)]
+    table = pa.table({"material_id": [f"c{k:07d}" for k in range(n)], "cif": rows})
+    pq.write_table(table, target, row_group_size=4096)
+    return str(target)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1000, help="PyXtal candidates")
@@ -113,6 +135,8 @@ def main() -> None:
         action="store_true",
         help="a metrics step instead of relax + predict: measures the executor and the driver's memory, not the models",
     )
+    ap.add_argument("--source", choices=["pyxtal", "parquet"], default="pyxtal", help="where the N crystals come from")
+    ap.add_argument("--parquet-path", help=argparse.SUPPRESS)
     ap.add_argument("--modes", nargs="+", default=["local", "ray1", "ray2"], choices=["local", "ray1", "ray2"])
     ap.add_argument("--one", choices=["local", "ray1", "ray2"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -120,15 +144,23 @@ def main() -> None:
         one(args)
         return
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    extra: list[str] = []
+    tmpdir = tempfile.TemporaryDirectory()
+    if args.source == "parquet":
+        extra = ["--parquet-path", _make_parquet(args.n, Path(tmpdir.name) / "candidates.parquet")]
     results = {}
     for mode in args.modes:
-        cmd = [sys.executable, __file__, "--one", mode, *sys.argv[1:]]
+        cmd = [sys.executable, __file__, "--one", mode, *sys.argv[1:], *extra]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         if out.returncode != 0 or not lines:
             sys.exit(f"pipeline_scale: mode {mode} failed:\n{out.stderr[-3000:]}")
         results[mode] = json.loads(lines[-1])
-    print(f"n={args.n} max_steps={args.max_steps} threads={args.threads} chunk={args.chunk_size}")
+    tmpdir.cleanup()
+    print(
+        f"n={args.n} source={args.source} light={args.light} max_steps={args.max_steps} threads={args.threads} "
+        f"chunk={args.chunk_size}"
+    )
     print(f"{'mode':6} {'run s':>8} {'+ray s':>7} {'struct/s':>9} {'ok':>6} {'failed':>6} {'driver RSS MB':>14}")
     for mode, r in results.items():
         rate = args.n / r["run_s"] if r["run_s"] else float("nan")
