@@ -271,7 +271,7 @@ def _map_stage(
                 StageWorker,
                 fn_constructor_kwargs={"payload": payload},
                 batch_size=1,
-                concurrency=max(1, min(workers, len(todo))),
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(todo)))),
                 num_cpus=rcfg.cpus_per_worker,
                 num_gpus=rcfg.gpus_per_worker,
                 max_restarts=rcfg.max_retries,
