@@ -153,7 +153,7 @@ def test_save_load_identical_outputs(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="expected"):
         XRDCNNCharacterizer({"weights": None, "checkpoint": path, "sha256": "0" * 64})
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="bad.pt: refused to load: it is not a PyTorch checkpoint"):
+    with pytest.raises(WeightsError, match=r"bad\.pt: refused to load: it is not a PyTorch checkpoint"):
         XRDCNNCharacterizer({"weights": None, "checkpoint": tmp_path / "bad.pt"})
     with pytest.raises(ConfigError, match="does not exist"):
         XRDCNNCharacterizer({"weights": None, "checkpoint": tmp_path / "absent.pt"})

@@ -264,6 +264,7 @@ class CGCNNEncoder(TrainableEncoder):
     def graph_cutoff(self) -> float:
         """The neighbour radius (Å): crystals with an isolated atom are reported, not predicted."""
         return float(self.config.radius)  # type: ignore[attr-defined]
+
     #: weights trained by us and shipped in the package (model cards in crystal_cgcnn/weights/)
     weights: ClassVar[tuple[str, ...]] = WEIGHTS
 
