@@ -12,7 +12,7 @@ PLUGINS = [(i.kind, i.name) for i in list_plugins()]
 
 
 #: configs that keep a contract check fast (the contract does not depend on them)
-FAST = {("generator", "mattergen"): {"steps": 10}}
+FAST = {("generator", "mattergen"): {"steps": 10}, ("generator", "diffcsp"): {"steps": 200}}
 
 
 @pytest.mark.parametrize(("kind", "name"), PLUGINS, ids=[f"{k}:{n}" for k, n in PLUGINS])
