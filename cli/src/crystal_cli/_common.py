@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from crystal.errors import ConfigError
+
+
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for torch (default: $CRYSTAL_NUM_THREADS, else the idle cores: cores minus the load average).",
+    ),
+]
+"""``--threads N`` for every command that computes; call :func:`apply_threads` first thing."""
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's CPU threads for this command (``--threads`` or the default policy of
+    :func:`crystal.device.default_num_threads`) and export ``CRYSTAL_NUM_THREADS`` so that
+    worker processes (Ray actors, DDP ranks) use the same number."""
+    import os
+
+    from crystal.device import set_num_threads
+
+    n = set_num_threads(threads)
+    os.environ["CRYSTAL_NUM_THREADS"] = str(n)
+    return n
 
 
 class Terminated(KeyboardInterrupt):
