@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-CORE := core/crystal core/sim core/metrics core/train core/pipeline
+CORE := core/crystal core/sim core/metrics core/train core/pipeline core/report
 DISTS := $(CORE) cli $(patsubst %/pyproject.toml,%,$(sort $(wildcard plugins/*/pyproject.toml)))
 PYPROJECTS := $(addsuffix /pyproject.toml,$(DISTS))
 
@@ -22,6 +22,10 @@ $(VENV)/.installed: $(BIN)/python $(PYPROJECTS) constraints.txt
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install --quiet -c constraints.txt $(foreach d,$(DISTS),-e '$(d)[test]') ruff mypy
+	@# headless browser for core/report's test (Debian's chromium); skipped with its reason when absent
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+		echo "note: chromium not installed (needs root and apt-get); core/report's browser test will be skipped"
 	touch $@
 
 install: $(VENV)/.installed

@@ -10,7 +10,8 @@
 ``failures.csv``       every input row that was skipped, and why
 =====================  ==========================================================
 
-:func:`write_run` writes all of them from a :class:`RunReport`. matplotlib is imported
+:func:`write_run` writes all of them from a :class:`RunReport`, then announces the finished
+run to the ``pipeline_event`` hook (``run_end``). matplotlib is imported
 (with the Agg backend) only when a plot is drawn.
 """
 
@@ -31,6 +32,7 @@ from crystal.io import Failure, atomic_write
 __all__ = [
     "ParityPanel",
     "RunReport",
+    "announce_run_end",
     "machine_name",
     "model_card",
     "parity_plot",
@@ -189,3 +191,15 @@ def write_run(out: Path, report: RunReport) -> None:
     write_failures(out / "failures.csv", report.failures)
     if not parity_plot(out / "parity.png", report.panels, report.title):
         (out / "parity.png").unlink(missing_ok=True)
+    announce_run_end(out, report.title)
+
+
+def announce_run_end(out: Path, title: str) -> None:
+    """Tell the ``pipeline_event`` listeners that the training run in ``out`` is written
+    (``run_end``, ``data={"run": "train"}``; crystal-report writes ``report.html`` on it).
+    A listener that fails is logged and skipped, never raised."""
+    from crystal.events import PipelineEvent
+    from crystal.hooks import call_isolated
+
+    event = PipelineEvent("run_end", str(out), message=f"{title}: written to {out}", data={"run": "train"})
+    call_isolated("pipeline_event", event=event)
