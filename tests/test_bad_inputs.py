@@ -131,7 +131,7 @@ def test_pipeline_over_the_corpus_reports_every_input_once(tmp_path, lj):
         "source": {"type": "files", "paths": [str(tmp_path / "in")]},
         "steps": [
             {"id": "relax", "type": "relax", "potential": "lennard-jones", "fmax": 0.5, "max_steps": 20},
-            {"id": "predict", "type": "predict", "encoder": "schnet"},
+            {"id": "predict", "type": "predict", "encoder": "schnet", "random_init": True},  # untrained on purpose
             {"id": "m", "type": "metrics", "names": ["density", "min_distance"]},
         ],
     }

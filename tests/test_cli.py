@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from ase.build import bulk
+from pymatgen.core import Composition
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 from support import crystal_cli
@@ -164,16 +166,25 @@ def _check_default_run(out, n):
     names = {p["name"] for p in manifest["plugins"]}
     assert names == {"pyxtal", "chgnet"}
     summary = list(csv.DictReader((out / "summary.csv").open()))
-    energies = [float(r["energy_per_atom"]) for r in summary]
-    assert energies == sorted(energies) and len(summary) >= 1
+    # ranked by energy above the convex hull of Li, Mn and O relaxed with CHGNet (the hull step)
+    hull = [float(r["e_above_hull"]) for r in summary]
+    assert hull == sorted(hull) and len(summary) >= 1
+    assert all(float(r["formation_energy_per_atom"]) - h < 1e-6 for r, h in zip(summary, hull))  # elements on the hull
+    assert all(r["stable"] == ("1.0" if h <= 0.1 else "0.0") for r, h in zip(summary, hull))
+    refs = {r["formula"]: r["source"] for r in manifest["hull"]["references"]}
+    elements = {str(el) for r in summary for el in Composition(r["formula"]).elements}
+    assert {Composition(f).reduced_formula for f in refs} >= {Composition(e).reduced_formula for e in elements}
+    shipped = {s for s in refs.values() if s not in ("ase.collections.dcdft", "dataset pymatgen-test")}
+    assert all(Path(s).parent.name == "li-mn-o" and Path(s).suffix == ".cif" for s in shipped), shipped
     assert {p.stem for p in (out / "structures").glob("*.cif")} == {r["id"] for r in summary}
 
 
 def test_default_pipeline_small(tmp_path):
     out = tmp_path / "run"
     r = crystal_cli(
-        "run", "--set", "source.num_samples=3", "--set", "relax.max_steps=10", "--run-dir", str(out), "--quiet"
-    )
+        "run", "--set", "source.num_samples=3", "--set", "relax.max_steps=10", "--set", "hull.max_steps=20",
+        "--run-dir", str(out), "--quiet",
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     _check_default_run(out, 3)
 

@@ -9,7 +9,6 @@ import typer
 
 from crystal.errors import ConfigError
 
-
 ThreadsOption = Annotated[
     int | None,
     typer.Option(
@@ -70,28 +69,72 @@ def run_interruptible(p: Any, run_dir: Path | None, listeners: list[Any], **kwar
             listener.close()
 
 
+def _hull_line(manifest: dict[str, Any]) -> str | None:
+    """One line naming the convex-hull references a hull step used, or None without one.
+
+    ``manifest["hull"]["references"]`` (written by the hull step) is a list of
+    ``{formula, source, energy_per_atom}`` records (or of names, or one summary string); the
+    line groups the formulas by source, at most 8 per source."""
+    hull = manifest.get("hull")
+    refs = hull.get("references") if isinstance(hull, dict) else None
+    if not refs:
+        return None
+    if isinstance(refs, str):
+        return f"hull references: {refs}"
+    groups: dict[str, list[str]] = {}
+    for r in refs:
+        if isinstance(r, dict):
+            groups.setdefault(str(r.get("source") or "?"), []).append(str(r.get("formula", "?")))
+        else:
+            groups.setdefault("", []).append(str(r))
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:8]) + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+
+    parts = [f"{src}: {names(items)}" if src else names(items) for src, items in groups.items()]
+    where = ""
+    if hull.get("step") and hull.get("potential"):
+        where = f" (step {hull['step']!r}, potential {hull['potential']!r})"
+    return f"hull references{where}, {len(refs)} phase(s): " + "; ".join(parts)
+
+
 def print_summary(result: Any) -> None:
+    """The counts, the first rows of the surviving crystals (with ``rank`` when a rank step ran,
+    and every column's unit from the run's manifest in its header), the hull references used,
+    and the first failures."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    counts = result.manifest.get("counts", {})
+    manifest = result.manifest
+    counts = manifest.get("counts", {})
     console.print(
         f"[bold]{counts.get('inputs', 0)}[/] inputs: {counts.get('ok', 0)} ok, {counts.get('failed', 0)} failed, "
         f"{counts.get('filtered', 0)} filtered, {counts.get('duplicate', 0)} duplicates "
-        f"in {result.manifest['timings_s'].get('total', 0):.1f} s → {result.run_dir}"
+        f"in {manifest['timings_s'].get('total', 0):.1f} s → {result.run_dir}"
     )
+    hull = _hull_line(manifest)
+    if hull:
+        console.print(hull)
     batch = result.batch
     if len(batch):
-        cols = [c for c in ("energy_per_atom", "converged", "relax_steps") if c in batch.crystal_properties]
+        ranks = [s for s in (manifest.get("config") or {}).get("steps", []) if s.get("type") == "rank"]
+        by = ranks[-1]["by"] if ranks else None
+        preferred = (by, "e_above_hull", "formation_energy_per_atom", "energy_per_atom", "converged", "relax_steps")
+        cols = [c for c in dict.fromkeys(preferred) if c is not None and c in batch.crystal_properties]
         cols += [c for c in batch.crystal_properties if c not in cols and c != "energy"]
         cols = cols[:4]  # the full table is in the run directory
-        table = Table(title=f"first {min(10, len(batch))} of {len(batch)} (all columns in results.csv)")
-        for h in ("id", "formula", *cols):
+        units = manifest.get("units") or {}
+        order = f", ranked by {by}" + (" (descending)" if ranks[-1].get("descending") else "") if by else ""
+        table = Table(title=f"first {min(10, len(batch))} of {len(batch)}{order} (all columns in results.csv)")
+        heads = ["rank"] if by else []
+        heads += ["id", "formula", *(f"{c} ({units[c]})" if units.get(c) else c for c in cols)]
+        for h in heads:
             table.add_column(h, no_wrap=True, overflow="fold")
         formulas = batch.formulas()
         for k in range(min(10, len(batch))):
-            table.add_row(batch.ids[k], formulas[k], *(f"{float(batch.crystal_properties[c][k]):.4g}" for c in cols))
+            values = [f"{float(batch.crystal_properties[c][k]):.4g}" for c in cols]
+            table.add_row(*([str(k + 1)] if by else []), batch.ids[k], formulas[k], *values)
         console.print(table)
     for f in result.failures[:5]:
         console.print(f"[red]failed[/] {f.id} at {f.step}: {f.reason}")
@@ -132,7 +175,8 @@ class ProgressListener:
                 kwargs["completed"] = event.total
             self.progress.update(self.tasks[step], **kwargs)
         elif event.kind == "failure":
-            self.progress.console.print(f"[yellow]skipped[/] {event.message}")
+            label = "warning" if "shortfall" in event.data else "skipped"
+            self.progress.console.print(f"[yellow]{label}[/] {event.message}")
 
     def close(self) -> None:
         if self.started:
@@ -149,21 +193,24 @@ def shortcut(
     run_dir: Path | None,
     quiet: bool,
 ) -> None:
+    source = {"type": "files", "paths": [str(p.resolve()) for p in inputs]}
+    run_shortcut({"pipeline": {"name": name}, "source": source, "steps": steps, "sinks": sinks}, device, run_dir, quiet)
+
+
+def run_shortcut(data: dict[str, Any], device: str | None, run_dir: Path | None, quiet: bool) -> Any:
+    """Run the pipeline ``data`` built by a shortcut command (origin ``crystal <pipeline.name>``)
+    with progress bars and the summary (``quiet``: only the run directory); returns the result."""
     from crystal_pipeline import Pipeline, parse_pipeline_config
 
-    data = {
-        "pipeline": {"name": name},
-        "source": {"type": "files", "paths": [str(p.resolve()) for p in inputs]},
-        "steps": steps,
-        "sinks": sinks,
-    }
-    p = Pipeline(parse_pipeline_config(data, f"crystal {name}"), origin=f"crystal {name}")
+    origin = f"crystal {data['pipeline']['name']}"
+    p = Pipeline(parse_pipeline_config(data, origin), origin=origin)
     listeners = [] if quiet else [ProgressListener()]
     result = run_interruptible(p, run_dir, listeners, device=device)
     if quiet:
         typer.echo(str(result.run_dir))
     else:
         print_summary(result)
+    return result
 
 
 def component_config(items: list[str] | None) -> dict[str, Any]:

@@ -170,3 +170,24 @@ def test_public_parsing_helpers(tmp_path, pmg_structures):
     (tmp_path / "si.cif").write_text(str(CifWriter(si)))
     res = read_file(tmp_path / "si.cif")
     assert res.ids == ["si"] and not res.failures
+
+
+def test_limit_stops_parsing_a_long_csv(tmp_path, pmg_structures):
+    """read_structures(limit=k) parses only the rows it needs: rows after the first k
+    readable ones are never parsed (so their problems are not reported, and a CSV of
+    thousands of rows is not parsed whole for its first few)."""
+    import csv
+
+    from pymatgen.io.cif import CifWriter
+
+    rows = [{"material_id": f"ok{k}", "cif": str(CifWriter(s))} for k, s in enumerate(pmg_structures[:2])]
+    rows += [{"material_id": f"bad{k}", "cif": "not a cif"} for k in range(50)]
+    with (tmp_path / "many.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["material_id", "cif"])
+        writer.writeheader()
+        writer.writerows(rows)
+    res = read_structures(tmp_path / "many.csv", limit=2)
+    assert res.ids == ["ok0", "ok1"] and not res.failures
+    full = read_structures(tmp_path / "many.csv")
+    assert full.ids == ["ok0", "ok1"] and len(full.failures) == 50
+    assert read_structures(tmp_path / "many.csv", limit=1).ids == ["ok0"]

@@ -244,3 +244,37 @@ def test_bad_call_arguments(random_gen):
         CrystaLLMGenerator(net=_random_net(), device="cpu", max_tokens=200)
     with pytest.raises(ConfigError, match="net or weights"):
         CrystaLLMGenerator(net=_random_net(), device="cpu", weights="crystallm-perov5")
+
+
+# --------------------------------------------------------------------------- issue 15
+def test_generate_detailed_names_the_failed_check_of_every_left_out_sample(random_gen):
+    """A random net writes junk: every sample is left out, each with the check it failed."""
+    cond = GenerationConditions(composition="SrTiO3")
+    res = random_gen.generate_detailed(2, cond, seed=0)
+    plain = random_gen.generate(2, cond, seed=0)
+    assert res.batch.ids == plain.ids
+    assert len(res.batch) + len(res.rejected) == 2 and res.rejected
+    failed = sum(random_gen.last_report.failures.values())
+    assert len(res.rejected) == failed
+    assert {r.reason.split(":", 1)[0] for r in res.rejected} <= set(random_gen.last_report.failures)
+
+
+@pytest.mark.parametrize(
+    ("conditions", "config", "field", "match"),
+    [
+        (dict(chemical_system=("Li", "O")), {}, "chemical_system", "prompted with a composition"),
+        (dict(space_groups=(221,)), {}, "space_groups", "need a composition"),
+        (dict(space_groups=(221,)), {"composition": "SrTiO3"}, None, None),
+        (dict(composition="SrTiO3", chemical_system=("Sr", "Ti", "O")), {}, None, None),
+    ],
+)
+def test_check_conditions_without_a_model(conditions, config, field, match):
+    from crystal.components import ConditionError
+
+    cond = GenerationConditions(**conditions)
+    if match is None:
+        CrystaLLMGenerator.check_conditions(cond, config)
+        return
+    with pytest.raises(ConditionError, match=match) as info:
+        CrystaLLMGenerator.check_conditions(cond, config)
+    assert info.value.field == field

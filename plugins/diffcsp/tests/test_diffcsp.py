@@ -456,3 +456,52 @@ def test_tiny_model_overfits_and_regenerates_two_perovskites() -> None:
     target = sel.lattices.norm(dim=-1)
     assert float(((lengths - target).abs() / target).max()) < 0.1
     assert math.isfinite(float(loss.detach()))
+
+
+# ------------------------------------------------------------------------ issue 15: conditions, rejections
+def test_weights_elements_table_matches_the_weights() -> None:
+    """check_conditions reads WEIGHTS_ELEMENTS instead of loading the weights: it must be theirs."""
+    from crystal.elements import SYMBOLS
+    from crystal_diffcsp.generator import WEIGHTS_ELEMENTS, _load_named
+
+    for name, symbols in WEIGHTS_ELEMENTS.items():
+        model, _ = _load_named(name)
+        assert tuple(SYMBOLS[z - 1] for z in sorted(model.config.elements)) == symbols, name
+
+
+@pytest.mark.parametrize(
+    ("conditions", "config", "field", "match"),
+    [
+        ({"chemical_system": ("Sr", "Ti", "O")}, {}, "chemical_system", "supports composition and formula_units"),
+        ({"composition": "SrTiO3", "space_groups": (221,)}, {}, "space_groups", "space-group conditioning"),
+        ({"composition": "UO2"}, {}, "composition", r"contains U, outside the elements weights 'diffcsp-perov5-csp'"),
+        ({"composition": "SrTiO3"}, {"weights": "diffcsp-carbon24-csp"}, "composition", r"O, Ti, Sr, .* \(C\)"),
+        ({"composition": "SrTiO3", "formula_units": (30,)}, {}, "formula_units", "more than 100 atoms"),
+        ({"composition": "SrTiO3"}, {"mode": "ab_initio", "checkpoint": "x.pt"}, "composition", "generates the"),
+        ({"composition": "BaTiO3", "formula_units": (1, 2)}, {}, None, None),
+        ({}, {"weights": "diffcsp-carbon24-csp"}, None, None),  # the weights' default composition C8
+        ({"composition": "UO2"}, {"checkpoint": "x.pt"}, None, None),  # elements checked when it is loaded
+    ],
+)
+def test_check_conditions_without_loading_the_model(conditions, config, field, match) -> None:
+    from crystal.components import ConditionError
+
+    cond = GenerationConditions(**conditions)
+    if match is None:
+        DiffCSPGenerator.check_conditions(cond, config)
+        return
+    with pytest.raises(ConditionError, match=match) as info:
+        DiffCSPGenerator.check_conditions(cond, config)
+    assert info.value.field == field
+
+
+def test_generate_detailed_gives_a_reason_per_left_out_crystal() -> None:
+    """The issue's case: SrTiO3, 8 samples, some left out as invalid; each now has its reason."""
+    gen = DiffCSPGenerator(device="cpu", steps=50)
+    cond = GenerationConditions(composition="SrTiO3")
+    res = gen.generate_detailed(8, cond, seed=0)
+    plain = gen.generate(8, cond, seed=0)
+    assert res.batch.ids == plain.ids and torch.equal(res.batch.lattices, plain.lattices)
+    assert len(res.batch) + len(res.rejected) == 8 and res.rejected
+    assert all("closer than 0.5" in r.reason for r in res.rejected)
+    assert res.slots(8) == [i["sample"] for i in res.batch.info]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -70,13 +71,16 @@ def test_batches_are_seeded_per_chunk(toy_file: Path) -> None:
 
 def test_invalid_samples_are_reported_rows(toy_file: Path, caplog: pytest.LogCaptureFixture) -> None:
     gen = MatterGenGenerator(checkpoint=str(toy_file), steps=5, min_distance=1.0)  # untrained: junk crystals
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         batch = gen.generate(4, seed=0)
     report = gen.last_report
     assert report.num_sampled == 4 and report.num_valid == len(batch)
     assert len(batch) + len(report.rejected) == 4
     for row in report.rejected:
         assert set(row) == {"id", "sample", "reason"} and row["id"] not in batch.ids
+    res = gen.generate_detailed(4, seed=0)  # the same call, with the reasons as RejectedSample rows
+    assert res.batch.ids == batch.ids
+    assert [(r.sample, r.reason) for r in res.rejected] == [(row["sample"], row["reason"]) for row in report.rejected]
     if report.rejected:
         assert "rejected" in caplog.text
     assert report.as_dict()["num_sampled"] == 4
@@ -84,6 +88,36 @@ def test_invalid_samples_are_reported_rows(toy_file: Path, caplog: pytest.LogCap
     assert len(tight.generate(2, seed=0)) == 0
     assert [r["sample"] for r in tight.last_report.rejected] == [0, 1]
     assert "max_volume_per_atom" in tight.last_report.rejected[0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("conditions", "config", "field", "match"),
+    [
+        ({"composition": "SrTiO3"}, {}, "composition", "conditions.composition is not supported"),
+        (
+            {"chemical_system": ("Li", "O")},
+            {},
+            "chemical_system",
+            "'mattergen-base' cannot condition on 'chemical_system'",
+        ),
+        ({"space_groups": (225,)}, {"weights": "mattergen-chemical-system"}, "space_groups", "mattergen-space-group"),
+        ({}, {"properties": {"dft_band_gap": 1.5}}, None, "weights conditioned on it: mattergen-dft-band-gap"),
+        ({"chemical_system": ("Li", "O")}, {"weights": "mattergen-chemical-system"}, None, None),
+        ({"chemical_system": ("Li", "O")}, {"checkpoint": "later.pt"}, None, None),  # checked when loaded
+    ],
+)
+def test_check_conditions_without_loading_weights(
+    conditions: dict[str, Any], config: dict[str, Any], field: str | None, match: str | None
+) -> None:
+    from crystal.components import ConditionError
+
+    cond = GenerationConditions(**conditions)
+    if match is None:
+        MatterGenGenerator.check_conditions(cond, config)
+        return
+    with pytest.raises(ConditionError, match=match) as info:
+        MatterGenGenerator.check_conditions(cond, config)
+    assert info.value.field == field
 
 
 def test_guided_conditions(toy_file: Path) -> None:

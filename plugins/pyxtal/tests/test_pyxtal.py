@@ -197,14 +197,47 @@ def test_min_distance_respected_and_valid():
     assert ((b.frac_coords >= 0) & (b.frac_coords < 1)).all()
 
 
-def test_shortfall_returns_fewer_and_warns(caplog):
+def test_shortfall_returns_fewer_with_a_reason_per_slot(caplog):
     g = PyXtalGenerator(config={"min_distance": 5.0, "max_attempts_per_sample": 2})
-    with caplog.at_level(logging.WARNING, logger="crystal_pyxtal.generator"):
-        b = g.generate(2, GenerationConditions(composition="Li2O", formula_units=(1,)), seed=0)
-    assert len(b) == 0
-    text = caplog.text
+    cond = GenerationConditions(composition="Li2O", formula_units=(1,))
+    with caplog.at_level(logging.INFO, logger="crystal_pyxtal.generator"):
+        res = g.generate_detailed(2, cond, seed=0)
     for needle in ("generated 0 of 2", "Li2O", "(#", "closer than 5.0"):
-        assert needle in text
+        assert needle in caplog.text
+    assert len(res.batch) == 0 and [r.sample for r in res.rejected] == [0, 1]
+    for r in res.rejected:
+        assert "Li2O (Z=1) in" in r.reason and "no valid placement in 2 attempts" in r.reason
+        assert "closer than 5.0" in r.reason
+
+
+def test_generate_detailed_matches_generate_and_fills_every_slot(gen):
+    cond = GenerationConditions(composition="SrTiO3", formula_units=(1,), space_groups=(221, 99))
+    plain = gen.generate(4, cond, seed=5)
+    res = gen.generate_detailed(4, cond, seed=5)
+    assert res.batch.ids == plain.ids and torch.equal(res.batch.lattices, plain.lattices)
+    assert len(res.batch) + len(res.rejected) == 4
+    assert res.slots(4) == [i["sample"] for i in res.batch.info]
+
+
+@pytest.mark.parametrize(
+    ("conditions", "config", "field", "match"),
+    [
+        (dict(composition="LiF", chemical_system=("Li", "O")), {}, "composition", "outside the chemical system"),
+        (dict(composition="Li2O", formula_units=(8,)), {}, "formula_units", "max_atoms=20"),
+        (dict(chemical_system=("Li", "O")), {"max_stoichiometry": 12, "max_atoms": 512}, None, None),
+        (dict(composition="Es2O3"), {}, "composition", "no covalent radius for Es"),
+    ],
+)
+def test_check_conditions_is_static_and_names_the_field(conditions, config, field, match):
+    from crystal.components import ConditionError
+
+    cond = GenerationConditions(**conditions)
+    if match is None:
+        PyXtalGenerator.check_conditions(cond, config)  # accepted, without building any space group
+        return
+    with pytest.raises(ConditionError, match=match) as info:
+        PyXtalGenerator.check_conditions(cond, config)
+    assert info.value.field == field
 
 
 def test_zero_samples(gen):

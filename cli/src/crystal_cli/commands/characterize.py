@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from crystal.errors import ConfigError
-from crystal_cli._common import component_config
+from crystal_cli._common import ThreadsOption, apply_threads, component_config
+from crystal_cli.commands.predict import RandomInitOption, trained_config
 
 __all__ = ["characterize_cmd"]
 
@@ -81,14 +82,24 @@ def characterize_cmd(
     no_classify: Annotated[
         bool, typer.Option("--no-classify", help="Only --match (no characterizer is loaded).")
     ] = False,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Named weights of the characterizer (default: its default weights), or a checkpoint file "
+            "(e.g. written by `python -m crystal_xrdcnn.train`)."
+        ),
+    ] = None,
+    random_init: RandomInitOption = False,
     config: Annotated[
         list[str] | None, typer.Option("--config", "-c", help="Characterizer config KEY=VALUE (repeatable).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    threads: ThreadsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Rank crystal-structure hypotheses (crystal system, extinction group, space group) for a powder
     XRD pattern, and optionally rank candidate structures by how well their simulated pattern matches."""
+    apply_threads(threads)
     import torch
 
     from crystal.plugins import load
@@ -101,12 +112,20 @@ def characterize_cmd(
         raise ConfigError(f"characterize: --metric {metric!r}; allowed: cosine, pearson")
     if no_classify and not match_files:
         raise ConfigError("characterize: --no-classify needs --match candidate files")
+    if no_classify and (weights is not None or random_init):
+        raise ConfigError(
+            "characterize: --weights and --random-init choose the characterizer; --no-classify loads none"
+        )
     structures = _is_structure_file(pattern)
     out: dict[str, Any] = {"input": str(pattern), "kind": "structures" if structures else "pattern"}
     comp = None
     xrd_cfg: dict[str, Any] = {}
+    used = None
     if not no_classify:
-        comp = load("characterizer", characterizer, component_config(config), device=device)
+        char_config, used = trained_config(
+            "characterizer", characterizer, weights, component_config(config), random_init, "crystal characterize"
+        )
+        comp = load("characterizer", characterizer, char_config, device=device)
         xrd_cfg = dict(getattr(comp, "representation_config", {}) or {})
     if structures:
         batch = _read_structures([pattern], "characterize")
@@ -140,6 +159,10 @@ def characterize_cmd(
                 ]
             results.append({"id": name, "hypotheses": heads})
         out["characterizer"] = characterizer
+        out["weights"] = list(comp.weights_in_use())
+        if (checkpoint_sha256 := getattr(comp, "checkpoint_sha256", None)) is not None:
+            out["checkpoint_sha256"] = checkpoint_sha256
+        out["random_init"] = random_init
         out["results"] = results
     if match_files:
         candidates = _read_structures(list(match_files), "characterize --match")
@@ -160,6 +183,8 @@ def characterize_cmd(
     if as_json:
         typer.echo(json.dumps(out, indent=1))
         return
+    if used is not None:
+        typer.echo(used)
     for res_i in out.get("results", []):
         typer.echo(f"{res_i['id']}: hypotheses from {characterizer}")
         for head, hyps in res_i["hypotheses"].items():

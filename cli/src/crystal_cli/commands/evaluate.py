@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from crystal.errors import ConfigError
-from crystal_cli._common import component_config
+from crystal_cli._common import ThreadsOption, apply_threads, component_config
 
 __all__ = ["evaluate_cmd"]
 
@@ -74,11 +74,21 @@ def evaluate_cmd(
     workers: Annotated[int, typer.Option(help="Worker processes for StructureMatcher and fingerprints.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for --n-samples.")] = 0,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="JSON report (default: <generated stem>.metrics.json).")
+        Path | None,
+        typer.Option(
+            "--output",
+            "--run-dir",
+            "-o",
+            help="Output directory: metrics.json (the report) and failures.csv (unreadable generated entries); "
+            "must not exist or be empty (default runs/evaluate-<time>). A path ending in .json names the "
+            "report file itself (deprecated).",
+        ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the report path.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output directory.")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Score generated crystals: CSP match rate/RMSE, validity, coverage, Wasserstein distances, S.U.N."""
+    apply_threads(threads)
     from crystal_metrics.evaluate import TASKS
 
     if task not in TASKS:
@@ -124,6 +134,7 @@ def evaluate_cmd(
             _check_input(path, what)
     if hull_reference is not None:
         _check_input(hull_reference, "--hull-reference")
+    out_dir, target = _output(output)
 
     from crystal.io import read_structures
     from crystal_metrics.evaluate import evaluate, summary_rows, write_report
@@ -167,10 +178,11 @@ def evaluate_cmd(
             progress.close()
     report["generated"] = str(generated)
     report["generated_read_failures"] = [{"id": f.id, "reason": f.reason} for f in res.failures]
-    target = output if output is not None else Path(f"{generated.stem}.metrics.json")
     write_report(target, report)
+    if out_dir is not None:
+        _write_failures(out_dir / "failures.csv", res.failures)
     if quiet:
-        typer.echo(str(target))
+        typer.echo(str(out_dir if out_dir is not None else target))
         return
     from rich.console import Console
     from rich.table import Table
@@ -186,6 +198,37 @@ def evaluate_cmd(
     console = Console()
     console.print(table)
     console.print(f"report: {target}")
+
+
+def _output(output: Path | None) -> tuple[Path | None, Path]:
+    """The output directory (None for a legacy ``-o report.json``) and the report file; refuses an
+    existing non-empty directory (before anything is computed)."""
+    if output is not None and output.suffix.lower() == ".json" and not output.is_dir():
+        typer.echo(
+            f"warning: -o {output}: a .json file is deprecated; -o names the output directory "
+            "(the report is its metrics.json)",
+            err=True,
+        )
+        return None, output
+    if output is None:
+        import datetime as dt
+
+        output = Path("runs") / f"evaluate-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConfigError(f"{output}: output directory exists and is not empty; choose another directory (-o DIR)")
+    return output, output / "metrics.json"
+
+
+def _write_failures(path: Path, failures: list[Any]) -> None:
+    import csv
+
+    from crystal.io import atomic_write
+
+    with atomic_write(path, newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "status", "step", "reason", "source"])
+        for f in failures:
+            w.writerow([f.id, "failed", "read", f.reason, f.source])
 
 
 class _Progress:

@@ -146,19 +146,43 @@ def _echo_config_fields(kind: str, name: str) -> None:
 
 
 @plugins_app.command("check")
-def plugins_check() -> None:
-    """Import every component, validate it against its manifest, load every hook module."""
+def plugins_check(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Only these components (plugin names); their contracts are run by default."),
+    ] = None,
+    contracts: Annotated[
+        bool | None,
+        typer.Option(
+            "--contracts/--no-contracts",
+            help="Also load each component and run crystal.testing's contract suite (potentials: forces and "
+            "stress against finite differences of the energy, symmetries). Default: on when NAMES are given.",
+        ),
+    ] = None,
+) -> None:
+    """Import every component, validate it against its manifest, load every hook module; with
+    NAMES or --contracts, also run the contract suite (crystal.testing.contracts.check_plugin)."""
     from crystal.hooks import hook_load_errors, plugin_manager
     from crystal.plugins import check_plugins
 
     results = check_plugins()
+    if names:
+        unknown = sorted(set(names) - {r.info.name for r in results})
+        if unknown:
+            raise PluginError(f"plugins check: no component named {', '.join(map(repr, unknown))}")
+        results = [r for r in results if r.info.name in names]
+    run_contracts = bool(names) if contracts is None else contracts
     bad = 0
     for r in results:
-        status = "ok" if r.ok else "FAIL"
+        problems = list(r.problems)
+        if run_contracts and r.ok:
+            problems += _contract_problems(r.info.kind, r.info.name)
+        ok = r.ok and not problems
+        status = "ok" if ok else "FAIL"
         typer.echo(f"{status:<4} {r.info.kind} {r.info.name} ({r.info.distribution} {r.info.version})")
-        for p in r.problems:
+        for p in problems:
             typer.echo(f"       {p}")
-        bad += not r.ok
+        bad += not ok
     from crystal.weights import weights_clashes
 
     for wname, dists in sorted(weights_clashes().items()):
@@ -176,6 +200,19 @@ def plugins_check() -> None:
     typer.echo(f"{len(results)} components checked, {bad} problem(s)")
     if bad:
         raise typer.Exit(1)
+
+
+def _contract_problems(kind: str, name: str) -> list[str]:
+    """The contract suite's failures for one component, one line each (empty when it passes)."""
+    from crystal.testing.contracts import check_plugin
+
+    try:
+        check_plugin(kind, name)
+    except AssertionError as exc:
+        return [f"contract: {' '.join(str(exc).split())}"]
+    except Exception as exc:  # a component that cannot even be loaded or run
+        return [f"contract: {type(exc).__name__}: {' '.join(str(exc).split())}"]
+    return []
 
 
 @plugins_app.command("hooks")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from crystal.errors import ConfigError
-from crystal_cli._common import ProgressListener, print_summary, run_interruptible
+from crystal_cli._common import ProgressListener, ThreadsOption, apply_threads, print_summary, run_interruptible
 from crystal_cli.app import DEFAULT_PIPELINE, app
 
 
@@ -88,7 +88,7 @@ def run(
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (overrides the pipeline's).")] = None,
     run_dir: Annotated[
-        Path | None, typer.Option("--run-dir", "-o", help="Run directory (default runs/<name>-<time>).")
+        Path | None, typer.Option("--run-dir", "--output", "-o", help="Run directory (default runs/<name>-<time>).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Resume the interrupted run in --run-dir.")] = False,
     quiet: Annotated[
@@ -111,8 +111,15 @@ def run(
     gpus_per_worker: Annotated[
         float | None, typer.Option(min=0, help="ray: GPUs reserved by each worker (Ray num_gpus).")
     ] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Run a pipeline: source → steps → sinks, into a run directory with a manifest."""
+    import os
+
+    explicit = threads is not None or bool(os.environ.get("CRYSTAL_NUM_THREADS", "").strip())
+    apply_threads(threads)
+    if not explicit:  # ray workers keep Ray's per-actor default (cpus_per_worker), not this process's idle cores
+        os.environ.pop("CRYSTAL_NUM_THREADS", None)
     if resume and run_dir is None:
         raise ConfigError("--resume needs --run-dir DIR (the interrupted run's directory)")
     if resume and pipeline is None and not set_:  # `crystal run --resume --run-dir DIR`: the run's own pipeline

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from crystal.errors import ConfigError
-from crystal_cli._common import component_config
+from crystal_cli._common import ThreadsOption, apply_threads, component_config
 from crystal_cli.app import app
 
 
@@ -79,8 +79,10 @@ def train_cmd(
         bool, typer.Option("--resume", help="Continue the run in --output from its last checkpoint.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train an encoder on labelled structures (PyTorch Lightning; DDP with --devices N)."""
+    apply_threads(threads)
     from crystal_train.config import apply_train_overrides, load_train_config, parse_train_config
     from crystal_train.encoders import train
 
@@ -151,8 +153,10 @@ def train_potential_cmd(
     logger: Annotated[list[str] | None, typer.Option("--logger", help=LOGGER_HELP)] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Run directory.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train (or fine-tune) an interatomic potential on energies, forces and stress."""
+    apply_threads(threads)
     from crystal_train.config import apply_train_overrides
     from crystal_train.potential import parse_potential_config, read_potential_toml, train_potential
 

@@ -26,6 +26,10 @@ _EXPORTS: dict[str, str] = {
     "CrystalBatch": "crystal.batch",
     # components
     "Characterizer": "crystal.components",
+    "ConditionError": "crystal.components",
+    "GenerationResult": "crystal.components",
+    "RejectedSample": "crystal.components",
+    "generate_valid": "crystal.generation",
     "Component": "crystal.components",
     "ComponentConfig": "crystal.components",
     "Encoder": "crystal.components",

@@ -38,12 +38,15 @@ __all__ = [
     "Characterizer",
     "Component",
     "ComponentConfig",
+    "ConditionError",
     "Encoder",
     "GenerationConditions",
+    "GenerationResult",
     "Generator",
     "Kind",
     "Potential",
     "PotentialOutput",
+    "RejectedSample",
     "Representation",
     "isolated_atoms",
 ]
@@ -268,8 +271,73 @@ class GenerationConditions:
                 raise ConfigError(f"conditions: composition: {exc}") from None
 
 
+class ConditionError(ConfigError):
+    """A generation condition a generator cannot honour (with its config).
+
+    ``field`` names the :class:`GenerationConditions` field at fault (``"chemical_system"``,
+    ...; ``None`` when it is the combination), so that a pipeline can point at the same field
+    of its ``[source]``. The message says what the generator supports instead.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class RejectedSample:
+    """A sample a generator drew but does not deliver.
+
+    ``sample``  its slot in the call, ``0 … num_samples-1``
+    ``reason``  why, one line (e.g. ``"atoms 0 and 3 are 0.21 Å apart"``)
+    """
+
+    sample: int
+    reason: str
+
+
+@dataclass
+class GenerationResult:
+    """What one :meth:`Generator.generate_detailed` call drew: ``num_samples`` slots, each either
+    a crystal of ``batch`` or a row of ``rejected``.
+
+    ``batch``     the valid crystals, in slot order (``B = num_samples - len(rejected)``)
+    ``rejected``  one :class:`RejectedSample` per slot left out, with its reason
+
+    The crystals of ``batch`` fill the slots that ``rejected`` does not name, in increasing order.
+    """
+
+    batch: CrystalBatch
+    rejected: list[RejectedSample]
+
+    def slots(self, num_samples: int) -> list[int]:
+        """The slot of each crystal of ``batch`` (the slots not rejected, in order)."""
+        bad = {r.sample for r in self.rejected}
+        return [k for k in range(num_samples) if k not in bad][: len(self.batch)]
+
+
 class Generator(Component):
-    """Proposes crystals, optionally conditioned (composition, space group, ...)."""
+    """Proposes crystals, optionally conditioned (composition, space group, ...).
+
+    A generator implements :meth:`generate` (one attempt per slot: the crystals that came out
+    valid). Two optional methods make it a good citizen of pipelines and ``crystal generate``,
+    which ask for ``num_samples`` *valid* crystals and keep sampling, within an attempt budget,
+    until they have them (:func:`crystal.generation.generate_valid`):
+
+    * :meth:`generate_detailed` returns the same crystals plus one :class:`RejectedSample`
+      (slot, reason) per sample left out; the rejected samples become failure rows with
+      their reason. The default calls :meth:`generate` and gives the missing slots a generic
+      reason ("no reason given"). Override it when the generator knows why, and implement
+      :meth:`generate` as ``return self.generate_detailed(num_samples, conditions, seed=seed).batch``.
+    * :meth:`check_conditions` (a classmethod, cheap: no model, no weights) raises
+      :class:`ConditionError` for conditions the generator cannot honour with a config, naming
+      the field and what it supports; ``crystal validate`` and the start of a run call it, so
+      an impossible request fails before anything runs. The default accepts everything.
+
+    Ids: :meth:`generate` may name its crystals as it likes (``<name>-<seed>-<slot>`` by
+    convention); :func:`crystal.generation.generate_valid` renames them with a token of the
+    call or run (``<name>-<token>-<k>``), so ids never repeat across calls and runs.
+    """
 
     __abstract_base__ = True
     kind = Kind.GENERATOR
@@ -281,9 +349,41 @@ class Generator(Component):
     ) -> CrystalBatch:
         """Return up to ``num_samples`` crystals (``B <= num_samples``), reproducible for a seed.
 
-        Generators that may fail on some attempts return fewer crystals and record the
-        failures in the returned batch's ``info`` of no crystal (they are simply absent);
-        they never return invalid geometry.
+        Generators that may fail on some attempts return fewer crystals (the failed slots are
+        simply absent; :meth:`generate_detailed` says why); they never return invalid geometry.
+        """
+
+    def generate_detailed(
+        self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
+    ) -> GenerationResult:
+        """:meth:`generate` plus one :class:`RejectedSample` per slot left out.
+
+        The default calls :meth:`generate`; it finds the slots of the crystals from their
+        ``info["sample"]`` when every crystal has a distinct one in ``0 … num_samples-1``, else
+        assumes the first ``B`` slots, and gives the others the reason "no reason given".
+        """
+        batch = self.generate(num_samples, conditions, seed=seed)
+        n, b = int(num_samples), len(batch)
+        if b >= n:
+            return GenerationResult(batch, [])
+        raw = [inf.get("sample") for inf in batch.info]
+        slots = [k for k in raw if isinstance(k, int) and 0 <= k < n]
+        ok = len(slots) == b and len(set(slots)) == b
+        used = set(slots) if ok else set(range(b))
+        if ok and slots != sorted(slots):  # the contract's order: crystals in slot order
+            batch = batch.select(sorted(range(b), key=lambda i: slots[i]))
+        why = f"generator {self.name!r} returned {b} of {n} crystals and gave no reason for this sample"
+        return GenerationResult(batch, [RejectedSample(k, why) for k in range(n) if k not in used])
+
+    @classmethod
+    def check_conditions(
+        cls, conditions: GenerationConditions, config: ComponentConfig | Mapping[str, Any] | None = None
+    ) -> None:
+        """Raise :class:`ConditionError` for ``conditions`` this generator cannot honour with
+        ``config`` (a config model or dict; ``None``: the defaults).
+
+        Cheap and static: it must not build a model or fetch weights (``crystal validate`` calls
+        it). It names the field and what the generator supports. Default: accept everything.
         """
 
 

@@ -155,7 +155,8 @@ def read_structures(
     result = ReadResult()
     for path in expand_paths(paths):
         fmt = format or detect_format(path)
-        result.extend(read_file(path, fmt, id_column))
+        remaining = None if limit is None else limit - len(result.ids)
+        result.extend(read_file(path, fmt, id_column, limit=remaining))
         if limit is not None and len(result.ids) >= limit:
             result.ids, result.structures, result.sources = (
                 result.ids[:limit],
@@ -166,8 +167,12 @@ def read_structures(
     return result
 
 
-def read_file(path: Path, fmt: Format | None = None, id_column: str | None = None) -> ReadResult:
-    """Read every structure in one file (format ``fmt``, default: by extension).
+def read_file(
+    path: Path, fmt: Format | None = None, id_column: str | None = None, *, limit: int | None = None
+) -> ReadResult:
+    """Read every structure in one file (format ``fmt``, default: by extension); with
+    ``limit``, stop parsing once ``limit`` structures were read (a CSV of thousands of rows
+    is not parsed whole for its first few).
 
     Unreadable, empty or unusable entries are recorded as failures (step ``"read"``), and so
     is a CSV without a ``cif`` column (one row: not a structure file); a CSV without the
@@ -195,6 +200,8 @@ def read_file(path: Path, fmt: Format | None = None, id_column: str | None = Non
         res.ids.append(ident)
         res.structures.append(structure)
         res.sources.append(str(path))
+        if limit is not None and len(res.ids) >= limit:
+            break
     return res
 
 

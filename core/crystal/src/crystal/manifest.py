@@ -211,8 +211,11 @@ class NamedWeights(tuple[str, ...]):
 
         from pydantic_core import PydanticCustomError
 
+        from crystal.weights import checkpoint_hint
+
         close = difflib.get_close_matches(value, list(self), n=2, cutoff=0.6)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        hint += checkpoint_hint(value)
         raise PydanticCustomError(
             "unknown_weights",
             "unknown weights {value}{hint} (choose from {choices})",

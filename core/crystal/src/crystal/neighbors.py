@@ -22,14 +22,33 @@ import torch
 
 from crystal import _neighbors_vesin
 from crystal.batch import CrystalBatch
+from crystal.errors import StructureError
 
-__all__ = ["Backend", "RadiusGraph", "nearest_k", "radius_graph"]
+__all__ = ["DEFAULT_MAX_MEAN_NEIGHBORS", "Backend", "NeighborLimitError", "RadiusGraph", "nearest_k", "radius_graph"]
 
 Backend = Literal["auto", "vesin", "pairs"]
 _BACKENDS: tuple[str, ...] = get_args(Backend)
 _MARGIN = 1e-6  # relative widening of every search radius (plus 1e-9 Å); the exact test follows
 _BAND = 1e-9  # backend distances within this relative band of the radius are recomputed exactly
 _VESIN_MIN_MEAN_ATOMS = 8  # "auto" uses vesin (CPU, full graph) from this many atoms per crystal on
+
+
+#: default bound on the mean number of neighbours per atom (see :func:`radius_graph`): a density of
+#: 0.78 atoms/Å³ at 8.5 Å, 3.8 atoms/Å³ at 5 Å, against 0.18 atoms/Å³ for diamond, the densest solid
+#: (~390 neighbours within 8 Å)
+DEFAULT_MAX_MEAN_NEIGHBORS = 2000.0
+
+
+class NeighborLimitError(StructureError):
+    """A crystal would have more neighbours per atom than :func:`radius_graph` allows.
+
+    ``indices`` are the offending crystals' positions in the batch, ``ids`` their ids.
+    """
+
+    def __init__(self, message: str, indices: list[int], ids: list[str]) -> None:
+        super().__init__(message)
+        self.indices = indices
+        self.ids = ids
 
 
 @dataclass
@@ -104,6 +123,7 @@ def radius_graph(
     max_pairs_per_chunk: int = 4_000_000,
     max_neighbors: int | None = None,
     backend: Backend = "auto",
+    max_mean_neighbors: float | None = DEFAULT_MAX_MEAN_NEIGHBORS,
 ) -> RadiusGraph:
     """All neighbours within ``cutoff`` Å of every atom of the batch.
 
@@ -129,6 +149,21 @@ def radius_graph(
     ``pairs`` otherwise. Every backend applies
     the same exact distance test (``|(f_j + n - f_i) L| < cutoff`` in float64, wrapped
     coordinates) to its candidates, so edges, order and shifts are identical.
+
+    ``max_mean_neighbors`` bounds the work and memory: before any search, the mean number of
+    neighbours per atom of every crystal is estimated from its density,
+    ``n/V · 4/3 π cutoff³``, and a crystal above the bound (or with a zero or non-finite
+    volume) raises :class:`NeighborLimitError` naming it, instead of allocating an unbounded
+    number of edges (a cell collapsing during a relaxation with a wrong stress reaches
+    millions of edges per atom). The default, 2000, is a density of 0.78 atoms/Å³ at 8.5 Å
+    (3.8 atoms/Å³ at 5 Å), four times that of diamond, the densest solid; ``None`` lifts it.
+
+    Returns a :class:`RadiusGraph`: ``edge_index`` (2, E) long (source ``i``, neighbour ``j``;
+    both directions of every pair, grouped by source), ``shifts`` (E, 3) long image offsets,
+    ``vectors`` (E, 3) ``r_j + n L - r_i`` in Å and ``distances`` (E,) Å, in the batch's
+    dtype and on its device. ``vectors`` and ``distances`` are differentiable with respect to
+    ``batch.frac_coords`` and ``batch.lattices`` (the edge set itself is not: it is chosen
+    without autograd), so energies built on them give forces and stress by autograd.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"radius_graph: unknown backend {backend!r}; expected one of {', '.join(_BACKENDS)}")
@@ -141,6 +176,8 @@ def radius_graph(
     dtype = batch.dtype
     if batch.num_nodes == 0:
         return _empty(batch)
+    if max_mean_neighbors is not None:
+        _check_density(batch, cutoff, max_mean_neighbors)
     with torch.no_grad():
         if max_neighbors is None:
             i, j, n, dist = _search(batch, cutoff, max_pairs_per_chunk, use)
@@ -161,6 +198,31 @@ def radius_graph(
     frac = batch.frac_coords[j] - batch.frac_coords[i] + shifts.to(dtype)  # (E, 3)
     vectors = _cartesian(batch, i, frac)
     return RadiusGraph(torch.stack([i, j]), shifts, vectors, vectors.norm(dim=-1))
+
+
+def _check_density(batch: CrystalBatch, cutoff: float, limit: float) -> None:
+    """Raise :class:`NeighborLimitError` for the crystals whose estimated mean number of
+    neighbours per atom, ``n/V · 4/3 π cutoff³``, exceeds ``limit`` (or whose volume is 0/NaN)."""
+    with torch.no_grad():
+        volume = torch.linalg.det(batch.lattices.detach().to(torch.float64)).abs()
+        density = batch.num_atoms.to(torch.float64) / volume
+        estimate = density * (4.0 / 3.0 * torch.pi * float(cutoff) ** 3)
+        bad = ~(estimate <= limit)  # NaN and inf count as too many
+    if not bool(bad.any()):
+        return
+    indices = bad.nonzero(as_tuple=True)[0].tolist()
+    ids = [batch.ids[k] for k in indices]
+    k = indices[0]
+    shown = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    raise NeighborLimitError(
+        f"radius_graph: crystal(s) {shown} would have ~{float(estimate[k]):.4g} neighbours per atom within "
+        f"{float(cutoff):g} Å ({int(batch.num_atoms[k])} atoms in {float(volume[k]):.4g} Å³, "
+        f"{float(density[k]):.3g} atoms/Å³), more than max_mean_neighbors={limit:g}: a collapsed or degenerate "
+        "cell (the densest solid, diamond, holds 0.18 atoms/Å³); check the structure (or the stress of the "
+        "potential that relaxed it), or pass max_mean_neighbors=None to lift the bound",
+        indices,
+        ids,
+    )
 
 
 def _cartesian(batch: CrystalBatch, i: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,7 @@ __all__ = [
     "WeightsStatus",
     "cache_dir",
     "cached_path",
+    "checkpoint_hint",
     "converted_path",
     "download_weights",
     "expected_sha256",
@@ -71,6 +72,7 @@ __all__ = [
     "is_offline",
     "list_weights",
     "load_state_dict",
+    "looks_like_path",
     "merge_checkpoint_config",
     "read_checkpoint",
     "read_component_checkpoint",
@@ -228,8 +230,27 @@ def find_weights(name: str) -> WeightsManifest:
     if name not in every:
         close = difflib.get_close_matches(name, list(every), n=3)
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-        raise UnknownWeightsError(f"no weights named {name!r}{hint}")
+        raise UnknownWeightsError(f"no weights named {name!r}{hint}{checkpoint_hint(name)}")
     return every[name][1]
+
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".model")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a ``weights`` value is evidently a file path (``runs/x/model.pt``), not a name."""
+    return "/" in name or os.sep in name or name.lower().endswith(_CHECKPOINT_SUFFIXES)
+
+
+def checkpoint_hint(name: str) -> str:
+    """The hint an unknown weights name that is a path gets: a file goes in ``checkpoint``."""
+    if not looks_like_path(name):
+        return ""
+    return (
+        f"; {name!r} looks like a file: weights are the names of shipped weights, a checkpoint file (e.g. the "
+        f'model.pt of `crystal train`) is given as checkpoint (`-c checkpoint={name}`; checkpoint = "{name}" '
+        "in a pipeline)"
+    )
 
 
 def _locate(entry: WeightsManifest) -> Path:
@@ -778,7 +799,10 @@ def read_component_checkpoint(
         if config.weights not in names:
             close = difflib.get_close_matches(config.weights, names, n=2)
             hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-            raise ConfigError(f"{who}: unknown weights {config.weights!r} (known: {', '.join(names) or 'none'}){hint}")
+            raise ConfigError(
+                f"{who}: unknown weights {config.weights!r} (known: {', '.join(names) or 'none'}){hint}"
+                f"{checkpoint_hint(config.weights)}"
+            )
         path, entry = resolve_weights(config.weights)
         ckpt, digest = read_checkpoint(path, entry.sha256, format=format, version=version, kind=kind, who=who)
     elif config.checkpoint is not None:

@@ -10,6 +10,7 @@ steps run at most once to completion, and its rows are never duplicated.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 
 from crystal.batch import CrystalBatch
 from crystal.components import Generator
-from crystal.device import resolve_device
+from crystal.device import resolve_device, set_num_threads
 from crystal.errors import CrystalError
 from crystal.io import Failure, atomic_write
 from crystal_pipeline.state import StageOutput, load_checkpoint, save_checkpoint
@@ -100,6 +101,11 @@ class StageWorker:
         from crystal_pipeline.config import parse_pipeline_config
         from crystal_pipeline.runner import Pipeline, _seed_everything, _write_json
 
+        threads = payload.get("threads")
+        if threads is not None or os.environ.get("CRYSTAL_NUM_THREADS", "").strip():
+            # `crystal run --threads N` / $CRYSTAL_NUM_THREADS (inherited by a local Ray's workers);
+            # otherwise torch keeps Ray's per-actor default (OMP_NUM_THREADS = the actor's CPUs)
+            set_num_threads(threads)
         config = parse_pipeline_config(payload["config"], payload["origin"])
         base_dir = Path(payload["base_dir"])
         self.pipeline = Pipeline(config, origin=payload["origin"], base_dir=base_dir)
@@ -189,7 +195,10 @@ class StageWorker:
         spec = BlockSpec.from_dict(task["spec"])
         gen = self.ctx.components.get("source", (None,))[0]
         assert gen is None or isinstance(gen, Generator)
-        block = read_block(spec, self.pipeline.config.source, base_dir=self.pipeline.base_dir, generator=gen)
+        md = meta.min_distance if gen is not None else None  # generated: rejected samples are rows, count kept
+        block = read_block(
+            spec, self.pipeline.config.source, base_dir=self.pipeline.base_dir, generator=gen, min_distance=md
+        )
         batch = block.batch  # ids unique within the block; across blocks the driver sees to it
         reasons = _validate_in_chunks(batch, meta.min_distance, meta.chunk_size)
         keep = torch.tensor([r is None for r in reasons], dtype=torch.bool)

@@ -58,6 +58,7 @@ __all__ = [
     "FilesSource",
     "FilterStep",
     "GenerateSource",
+    "HullStep",
     "MDStep",
     "MetricsStep",
     "PipelineConfig",
@@ -141,7 +142,17 @@ class DatasetSource(StrictModel):
 class GenerateSource(StrictModel):
     type: Literal["generate"]
     generator: str = Field(description="name of an installed generator plugin")
-    num_samples: int = Field(ge=1, description="crystals to generate")
+    num_samples: int = Field(
+        ge=1, description="valid crystals to deliver (rejected samples are failure rows on top, step 'generate')"
+    )
+    max_attempts: float = Field(
+        4.0,
+        ge=1.0,
+        le=1000.0,
+        description="attempt budget, in samples drawn per requested crystal (valid and rejected together): each "
+        "block of n crystals samples again until it has n valid ones or ceil(n × max_attempts) samples were "
+        "drawn, then reports the shortfall (warning, manifest 'generation')",
+    )
     config: dict[str, Any] = Field(default_factory=dict, description="the generator's own config")
     composition: str | None = Field(None, description="formula, e.g. 'LiFePO4'")
     chemical_system: list[str] | None = Field(None, min_length=1, description="elements, e.g. ['Li', 'O']")
@@ -185,6 +196,9 @@ class RelaxStep(_Step):
     trajectory_every: int = Field(
         0, ge=0, description="write trajectories/<step>-chunk<N>.extxyz with a frame every N FIRE steps (0: none)"
     )
+    max_volume_factor: float | None = _relax_field("max_volume_factor")
+    max_energy_rise_per_atom: float | None = _relax_field("max_energy_rise_per_atom")
+    max_energy_drop_per_atom: float | None = _relax_field("max_energy_drop_per_atom")
     inflight: bool = _relax_field("inflight")
     max_batch_size: int | None = _relax_field("max_batch_size")
     max_batch_metric: Annotated[float, Field(gt=0)] | Literal["auto"] | None = _relax_field("max_batch_metric")
@@ -251,6 +265,7 @@ class MDStep(_Step):
     init_temperature: float | None = _md_field("init_temperature")
     log_every: int = _md_field("log_every")
     wrap: bool = _md_field("wrap")
+    max_energy_change_per_atom: float | None = _md_field("max_energy_change_per_atom")
     max_batch_size: int | None = _md_field("max_batch_size")
     max_batch_metric: Annotated[float, Field(gt=0)] | Literal["auto"] | None = _md_field("max_batch_metric")
     memory_fraction: float = _md_field("memory_fraction")
@@ -288,6 +303,11 @@ class PredictStep(_Step):
     type: Literal["predict"]
     encoder: str = Field(description="name of an installed encoder plugin")
     config: dict[str, Any] = Field(default_factory=dict, description="the encoder's own config (e.g. weights)")
+    random_init: bool = Field(
+        False,
+        description="predict with a randomly initialised (untrained) encoder on purpose; without it a config "
+        "naming no weights or checkpoint (and an encoder without default weights) is refused",
+    )
 
 
 class CharacterizeStep(_Step):
@@ -296,6 +316,11 @@ class CharacterizeStep(_Step):
     type: Literal["characterize"]
     characterizer: str = Field(description="name of an installed characterizer plugin")
     config: dict[str, Any] = Field(default_factory=dict)
+    random_init: bool = Field(
+        False,
+        description="characterize with a randomly initialised (untrained) characterizer on purpose; without it "
+        "a config naming no weights or checkpoint (and a characterizer without default weights) is refused",
+    )
     representation: str | None = Field(
         None, description="representation producing the signal (default: what the characterizer consumes)"
     )
@@ -390,6 +415,87 @@ class EvaluateStep(_Step):
         return self
 
 
+class HullStep(_Step):
+    """Formation energy and energy above the convex hull of reference phases relaxed with the
+    same potential (:mod:`crystal_pipeline.hull`); adds formation_energy_per_atom and
+    e_above_hull (eV/atom) and stable (1 when e_above_hull <= stable_threshold, else 0)."""
+
+    type: Literal["hull"]
+    potential: str = Field(
+        description="name of an installed potential plugin: relaxes the references (and, without energy_from, "
+        "gives each crystal's energy); must be energy_from's potential"
+    )
+    config: dict[str, Any] = Field(default_factory=dict, description="the potential's own config")
+    energy_from: str | None = Field(
+        None,
+        description="id of an earlier relax step (same potential and config) whose 'energy' column, eV, is each "
+        "crystal's energy; default: a single-point energy of each crystal as it reaches this step",
+    )
+    elemental_references: Literal["dcdft", "none"] = Field(
+        "dcdft",
+        description="'dcdft': the elemental crystals of ase.collections.dcdft (71 elements; the gaseous elements "
+        "as molecular crystals) are references; 'none': only references / reference_datasets",
+    )
+    references: list[str] = Field(
+        default_factory=list,
+        description="known phases: structure files, folders or globs (CIF, POSCAR, extxyz, ...), relative to the "
+        "pipeline file, or 'package:<package>/<folder>' for phases shipped inside an installed package",
+    )
+    reference_datasets: list[str] = Field(
+        default_factory=list, description="known phases: datasets registered by the register_datasets hook"
+    )
+    fmax: float = Field(0.05, gt=0, description="eV/Å; force threshold of the reference relaxations")
+    max_steps: int = Field(
+        500, ge=0, description="FIRE steps per reference at most (0: single-point energies of the references)"
+    )
+    stable_threshold: float = Field(
+        0.1,
+        ge=0,
+        description="eV/atom; 'stable' is 1 when e_above_hull <= this (0.1: the usual metastability window)",
+    )
+
+    @model_validator(mode="after")
+    def _has_references(self) -> HullStep:
+        if self.elemental_references == "none" and not self.references and not self.reference_datasets:
+            raise ValueError(
+                "no reference phases: elemental_references = 'none' needs references or reference_datasets"
+            )
+        return self
+
+
+def _hull_energy_problems(steps: list[Any]) -> list[str]:
+    """A hull step's energy_from must name an earlier relax step with the same potential and
+    config, and no relax or md step may change the energy in between."""
+    problems = []
+    for i, step in enumerate(steps):
+        if step.type != "hull" or step.energy_from is None:
+            continue
+        where = f"step {step.id!r}: field 'energy_from'"
+        earlier = {s.id: k for k, s in enumerate(steps[:i])}
+        if step.energy_from not in earlier:
+            relaxes = [s.id for s in steps[:i] if s.type == "relax"]
+            problems.append(
+                f"{where}: no earlier step {step.energy_from!r} (earlier relax steps: {', '.join(relaxes) or 'none'})"
+            )
+            continue
+        k = earlier[step.energy_from]
+        source = steps[k]
+        if source.type != "relax":
+            problems.append(f"{where}: step {source.id!r} is a {source.type} step, not a relax step")
+        elif (source.potential, source.config) != (step.potential, step.config):
+            problems.append(
+                f"{where}: step {source.id!r} relaxes with potential {source.potential!r} config {source.config}, "
+                f"this step uses {step.potential!r} config {step.config}: energies of different potentials cannot "
+                "share a hull; give both the same potential and config"
+            )
+        later = [s.id for s in steps[k + 1 : i] if s.type in ("relax", "md")]
+        if later:
+            problems.append(
+                f"{where}: step(s) {', '.join(later)} change the energy after {source.id!r}; name the last of them"
+            )
+    return problems
+
+
 Step = Annotated[
     ValidateStep
     | RelaxStep
@@ -400,10 +506,11 @@ Step = Annotated[
     | FilterStep
     | RankStep
     | DeduplicateStep
-    | EvaluateStep,
+    | EvaluateStep
+    | HullStep,
     Field(discriminator="type"),
 ]
-MAP_STEPS = ("validate", "relax", "md", "predict", "characterize", "metrics")
+MAP_STEPS = ("validate", "relax", "md", "predict", "characterize", "metrics", "hull")
 
 
 # ------------------------------------------------------------------------ sinks
@@ -422,11 +529,18 @@ class StructureSink(StrictModel):
 
 
 class CsvSink(StrictModel):
-    """A table of the surviving crystals: id, formula, and the chosen (or all) columns."""
+    """A table of the surviving crystals: rank (when a rank step ran), id, formula, num_atoms
+    and the chosen (or all) columns, with the unit of every column (``units``)."""
 
     type: Literal["csv"]
     path: str = "summary.csv"
     columns: list[str] | None = Field(None, description="columns to write (default: all)")
+    units: Literal["sidecar", "header", "none"] = Field(
+        "sidecar",
+        description="where the unit of each column is written: 'sidecar' (default): plain column names and "
+        "<path stem>.units.csv beside the table (rows column,unit); 'header': in the header, "
+        "'energy_per_atom (eV/atom)'; 'none': nowhere (the manifest's units only)",
+    )
 
 
 Sink = Annotated[StructureSink | CsvSink, Field(discriminator="type")]
@@ -445,6 +559,13 @@ class PipelineConfig(StrictModel):
             if step.id in seen:
                 raise ValueError(f"step id {step.id!r} is used twice")
             seen.add(step.id)
+        return self
+
+    @model_validator(mode="after")
+    def _hull_energy_from(self) -> PipelineConfig:
+        problems = _hull_energy_problems(self.steps)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

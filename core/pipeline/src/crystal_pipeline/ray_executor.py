@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import time
 import warnings
 from collections import OrderedDict
@@ -230,7 +231,11 @@ def _map_stage(
         from crystal_pipeline.sources import plan_blocks
 
         specs = plan_blocks(
-            pipeline.config.source, base_dir=pipeline.base_dir, chunk_size=cfg.chunk_size, seed=cfg.seed
+            pipeline.config.source,
+            base_dir=pipeline.base_dir,
+            chunk_size=cfg.chunk_size,
+            seed=cfg.seed,
+            run_id=str(run.manifest.get("run_id", "")),
         )
         for spec in specs:
             tasks.append({"block": spec.index, "spec": spec.to_dict()})
@@ -260,6 +265,8 @@ def _map_stage(
             "stage": name,
             "steps": [s.id for s in stage],
             "first": first,
+            # remote nodes do not inherit the driver's environment: pass --threads/CRYSTAL_NUM_THREADS on
+            "threads": int(os.environ["CRYSTAL_NUM_THREADS"]) if os.environ.get("CRYSTAL_NUM_THREADS") else None,
         }
         rcfg = cfg.ray
         data_ctx = ray.data.DataContext.get_current()
@@ -455,22 +462,33 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_outputs(pipeline: Pipeline, run: _Run, table: _Table) -> list[dict[str, Any]]:
-    from crystal_pipeline.runner import _write_rows
+    from crystal_pipeline.runner import _result_fields, _units_path, _write_rows
 
     all_ids = table.inputs["valid"] + table.inputs["read"] + table.inputs["check"]
     run.all_ids = all_ids
     rows = [_public(table.rows[i]) for i in all_ids]
     run.failures = [Failure(r["id"], r["step"], r["reason"], r["source"]) for r in rows if r["status"] == "failed"]
+    source = pipeline.config.source
+    if source.type == "generate":  # what was asked, delivered, rejected (as the local runner reports it)
+        from crystal_pipeline.sources import generation_report
+
+        report = generation_report(source, len(table.inputs["valid"]), run.failures)
+        run.manifest["generation"] = report
+        if report["shortfall"]:
+            run.emit("failure", "source", report["shortfall"], data={"shortfall": report})
     run.dropped = [
         Dropped(r["id"], r["step"], r["status"], r["reason"]) for r in rows if r["status"] in ("filtered", "duplicate")
     ]
-    _write_rows(run.run_dir / "results.csv", rows)
+    fields = _result_fields(rows)
+    units = pipeline.column_units(fields, run.manifest.get("plugins"))
+    run.manifest["units"] = dict(units)
+    _write_rows(run.run_dir / "results.csv", rows, fields, units=units)
     _write_rows(
         run.run_dir / "failures.csv",
         [r for r in rows if r["status"] == "failed"],
         fields=["id", "status", "step", "reason", "source"],
     )
-    run.outputs = ["results.csv", "failures.csv", *_write_shards(run, table)]
+    run.outputs = ["results.csv", _units_path(Path("results.csv")).name, "failures.csv", *_write_shards(run, table)]
     for sink in pipeline.config.sinks:
         run.outputs += _write_sink(pipeline, run, table, sink)
     return rows
@@ -492,7 +510,7 @@ def _write_shards(run: _Run, table: _Table) -> list[str]:
 
 def _write_sink(pipeline: Pipeline, run: _Run, table: _Table, sink: Any) -> list[str]:
     """One ``[[sinks]]`` entry, streamed over the survivors ``chunk_size`` at a time, in order."""
-    from crystal_pipeline.runner import _fmt, _write_rows
+    from crystal_pipeline.runner import _fmt, _units_path, _write_rows
 
     target = run.run_dir / sink.path
     if isinstance(sink, CsvSink):
@@ -510,8 +528,11 @@ def _write_sink(pipeline: Pipeline, run: _Run, table: _Table, sink: Any) -> list
             row.update(r.get("_labels", {}))
             row.update({c: _fmt(r[c]) for c in cols})
             out.append(row)
-        _write_rows(target, out, fields=["rank", "id", "formula", "num_atoms", *heads, *cols])
-        return [sink.path]
+        fields = [*(["rank"] if pipeline.ranked else []), "id", "formula", "num_atoms", *heads, *cols]
+        units = pipeline.column_units(fields, run.manifest.get("plugins"))
+        run.manifest.setdefault("units", {}).update(units)
+        _write_rows(target, out, fields=fields, units=units, units_mode=sink.units)
+        return [sink.path] + ([str(_units_path(Path(sink.path)))] if sink.units == "sidecar" else [])
     assert isinstance(sink, StructureSink)
     blocks = _Blocks(table)
     size = pipeline.config.pipeline.chunk_size

@@ -46,6 +46,7 @@ from crystal.device import resolve_device
 from crystal.errors import ConfigError, CrystalError, PluginError, WeightsError
 from crystal.events import EventKind, PipelineEvent
 from crystal.io import Failure, atomic_write, write_structures
+from crystal_pipeline import sources as _sources
 from crystal_pipeline.config import (
     MAP_STEPS,
     CsvSink,
@@ -57,7 +58,7 @@ from crystal_pipeline.config import (
     load_pipeline_config,
     parse_pipeline_config,
 )
-from crystal_pipeline.state import Dropped, StageOutput, load_checkpoint, save_checkpoint
+from crystal_pipeline.state import Dropped, StageOutput, load_checkpoint, resume_conflict, save_checkpoint, stage_hashes
 from crystal_pipeline.steps import (
     StepContext,
     free_memory,
@@ -153,7 +154,7 @@ class Pipeline:
         if isinstance(src, GenerateSource):
             need.append(("source", "generator", src.generator, src.config))
         for step in self.config.steps:
-            if step.type in ("relax", "md"):
+            if step.type in ("relax", "md", "hull"):
                 need.append((step.id, "potential", step.potential, step.config))
             elif step.type == "predict":
                 need.append((step.id, "encoder", step.encoder, step.config))
@@ -163,21 +164,44 @@ class Pipeline:
                 need.append((step.id, "potential", step.potential, step.config))
         return need
 
-    def check(self) -> None:
+    def _step_weights_config(self, step_id: str, cls: type[Component], cfg: dict[str, Any]) -> dict[str, Any]:
+        """The config a predict/characterize step's component is built with (see :func:`weights_config`)."""
+        step = next(s for s in self.config.steps if s.id == step_id)
+        return weights_config(
+            cls,
+            cfg,
+            random_init=bool(getattr(step, "random_init", False)),
+            give="config.weights or config.checkpoint",
+            switch=f"set random_init = true on step {step_id!r}",
+        )
+
+    def check(self, *, load_for_columns: bool = True) -> None:
         """Everything that can be checked before running: plugins exist and load, their
-        configs validate, datasets and metrics exist. Raises :class:`ConfigError`."""
+        configs validate, datasets and metrics exist, and every column a filter, rank or csv
+        sink names is one that the steps before it add (:mod:`crystal_pipeline.columns`; an
+        encoder whose targets come from its weights is loaded on the CPU for that, only when a
+        name is not otherwise known and ``load_for_columns``). Raises :class:`ConfigError`."""
         from crystal.plugins import load_class
         from crystal.registries import datasets, metrics
 
         problems: list[str] = []
+        encoder_columns: dict[str, dict[str, str]] = {}
         for step_id, kind, name, cfg in self._components_needed():
             where = f"{self.origin}: " + ("source" if step_id == "source" else f"step {step_id!r}")
             try:
                 cls = load_class(kind, name)
                 made = cls.make_config(cfg)
+                if kind in ("encoder", "characterizer"):  # no silent random weights: see weights_config
+                    made = cls.make_config(self._step_weights_config(step_id, cls, cfg))
             except (PluginError, ConfigError) as exc:
                 problems.append(f"{where}: {exc}")
                 continue
+            if kind == "encoder":
+                from crystal_pipeline.columns import static_encoder_columns
+
+                found = static_encoder_columns(cls, made)
+                if found is not None:
+                    encoder_columns[step_id] = found
             weights = getattr(made, "weights", None)
             if isinstance(weights, str):  # named weights must resolve to one registry entry (no download here)
                 from crystal.weights import find_weights
@@ -193,6 +217,12 @@ class Pipeline:
                     load_class("representation", rep_name).make_config(getattr(step, "representation_config", {}))
                 except (PluginError, ConfigError) as exc:
                     problems.append(f"{where}: field 'representation': {exc}")
+            if kind == "generator" and isinstance(self.config.source, GenerateSource):
+                from crystal_pipeline.sources import check_generation_conditions
+
+                problem = check_generation_conditions(self.config.source, cls, made)  # what the generator accepts
+                if problem is not None:
+                    problems.append(f"{where}: {problem}")
         src = self.config.source
         if isinstance(src, FilesSource):
             from crystal_pipeline.sources import check_source_paths
@@ -208,6 +238,10 @@ class Pipeline:
                     f"{self.origin}: source: field 'name': no dataset {src.name!r}; allowed: {', '.join(sorted(known))}"
                 )
         for step in self.config.steps:
+            if step.type == "hull":
+                from crystal_pipeline.hull import check_hull_step
+
+                problems += check_hull_step(step, self.base_dir, self.origin)
             if step.type == "evaluate":
                 from crystal.io import expand_paths
 
@@ -227,6 +261,8 @@ class Pipeline:
                             f"{self.origin}: step {step.id!r}: field 'names': unknown metric {n!r}; "
                             f"allowed: {', '.join(sorted(known_metrics))}"
                         )
+        if not problems:  # columns: once the components are known to exist
+            problems += self.column_problems(encoder_columns, load=load_for_columns)
         if self.config.pipeline.executor == "ray":
             from crystal_pipeline.ray_executor import require_ray
 
@@ -236,6 +272,29 @@ class Pipeline:
                 problems.append(f"{self.origin}: pipeline: field 'executor': {exc}")
         if problems:
             raise ConfigError("\n".join(problems))
+
+    def column_problems(self, encoders: dict[str, dict[str, str]] | None = None, *, load: bool = False) -> list[str]:
+        """The columns named by filter/rank steps and csv sinks that will not exist there
+        (:func:`crystal_pipeline.columns.column_problems`); ``encoders``: predict step id ->
+        its columns when known; ``load``: load (on the CPU) an encoder whose columns are needed
+        and not known."""
+        from crystal_pipeline.columns import column_problems, encoder_columns, registered_metric_units
+
+        def resolve(step_id: str) -> dict[str, str] | None:
+            from crystal.plugins import load_class
+
+            step = next((s for s in self.config.steps if s.id == step_id), None)
+            if not load or step is None or step.type != "predict":
+                return None
+            try:
+                cls = load_class("encoder", step.encoder)
+                return encoder_columns(cls(self._step_weights_config(step.id, cls, step.config), device="cpu"))
+            except Exception:  # not loadable here: the run says why; the columns stay unknown
+                return None
+
+        return column_problems(
+            self.config, self.origin, metric_units=registered_metric_units(), encoders=encoders, resolve=resolve
+        )
 
     # ------------------------------------------------------------------ running
     def run(
@@ -247,7 +306,8 @@ class Pipeline:
         listeners: Iterable[Listener] = (),
     ) -> RunResult:
         """Run the pipeline into ``run_dir`` (default ``runs/<name>-<timestamp>``)."""
-        self.check()
+        # the local executor checks the columns again with its loaded components, before any step
+        self.check(load_for_columns=self.config.pipeline.executor == "ray")
         dev = resolve_device(device or self.config.pipeline.device)
         fresh = run_dir is None or not Path(run_dir).exists()
         path, started = self._prepare_run_dir(run_dir, resume)
@@ -284,7 +344,14 @@ class Pipeline:
             if not manifest_path.is_file():
                 raise ConfigError(f"{run_dir}: nothing to resume (no manifest.json)")
             previous = json.loads(manifest_path.read_text())
-            if previous.get("config_sha256") != _config_hash(self.config):
+            if "stage_sha256" in previous:  # only stages with checkpoints must match; later steps, sinks may change
+                conflict = resume_conflict(previous, self.config, run_dir / ".state")
+                if conflict is not None:
+                    raise ConfigError(
+                        f"{run_dir}: cannot resume: {conflict}; only the steps after the last checkpointed stage "
+                        "and the sinks may change on resume (or start a new run directory)"
+                    )
+            elif previous.get("config_sha256") != _config_hash(self.config):
                 raise ConfigError(
                     f"{run_dir}: cannot resume: the pipeline config differs from the interrupted run's "
                     "(same file and --set overrides are needed)"
@@ -309,6 +376,7 @@ class Pipeline:
             "base_dir": str(self.base_dir.resolve()),
             "config": cfg.model_dump(mode="json"),
             "config_sha256": _config_hash(cfg),
+            "stage_sha256": stage_hashes(cfg),
             "seed": cfg.pipeline.seed,
             "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev)
@@ -319,6 +387,7 @@ class Pipeline:
             "packages": {p: _version(p) for p in _MANIFEST_PACKAGES},
             "torch_threads": torch.get_num_threads(),
             "started": started,
+            "run_id": _sources.run_id(started, run.run_dir),  # in generated crystals' ids; the same on resume
             "status": "running",
             "resumed": run.resume,
             "timings_s": {},
@@ -339,6 +408,7 @@ class Pipeline:
             return self._finish(run, rows)
         run.manifest["executor"] = {"type": "local"}
         run.manifest["plugins"] = self._load_components(ctx, run.dev)
+        self._check_loaded_columns(ctx)
         self._source_stage(run, ctx)
         for k, stage in enumerate(_group_stages(self.config.steps)):
             t0 = time.perf_counter()
@@ -373,6 +443,8 @@ class Pipeline:
         for step_id, kind, name, ccfg in self._components_needed():
             if only is not None and step_id not in only:
                 continue
+            if kind in ("encoder", "characterizer"):
+                ccfg = self._step_weights_config(step_id, load_class(kind, name), ccfg)
             comp = instantiate(kind, name, ccfg)
             comps: tuple[Component, ...] = (comp,)
             if kind == "characterizer":
@@ -399,12 +471,32 @@ class Pipeline:
                 )
         return plugins_used
 
+    def _check_loaded_columns(self, ctx: StepContext) -> None:
+        """The column check again with the loaded encoders (their targets are now known)."""
+        from crystal.components import Encoder
+        from crystal_pipeline.columns import encoder_columns
+
+        encoders = {
+            sid: encoder_columns(comps[-1])
+            for sid, comps in ctx.components.items()
+            if sid != "source" and comps and isinstance(comps[-1], Encoder)
+        }
+        problems = self.column_problems(encoders)
+        if problems:
+            raise ConfigError("\n".join(problems))
+
     def _source_stage(self, run: _Run, ctx: StepContext) -> None:
         """Read (or reload) the source: the run's inputs, its first batch and failures."""
         t0 = time.perf_counter()
         run.emit("step_start", "source", f"source: {self.config.source.type}")
-        source = run.checkpointed(run.state / "source.pt", lambda: self._read_source(ctx, run.dev))
+        rid = str(run.manifest.get("run_id", ""))
+        source = run.checkpointed(run.state / "source.pt", lambda: self._read_source(ctx, run.dev, rid))
         run.manifest["timings_s"]["source"] = round(time.perf_counter() - t0, 3)
+        if isinstance(self.config.source, GenerateSource):  # what was asked, delivered, rejected; never silent
+            report = _sources.generation_report(self.config.source, len(source.batch), source.failures)
+            run.manifest["generation"] = report
+            if report["shortfall"]:
+                run.emit("failure", "source", report["shortfall"], data={"shortfall": report})
         run.all_ids = list(source.batch.ids) + [f.id for f in source.failures]
         run.sources = {
             i: str(inf.get("source", "")) for i, inf in zip(source.batch.ids, source.batch.info, strict=True)
@@ -456,23 +548,44 @@ class Pipeline:
         """results.csv, failures.csv and every sink; the result rows."""
         t0 = time.perf_counter()
         rows = _result_rows(run.all_ids, run.batch, run.failures, run.dropped, run.sources)
-        _write_rows(run.run_dir / "results.csv", rows)
+        fields = _result_fields(rows)
+        units = self.column_units(fields, run.manifest.get("plugins"))
+        run.manifest["units"] = dict(units)
+        _write_rows(run.run_dir / "results.csv", rows, fields, units=units)
         _write_rows(
             run.run_dir / "failures.csv",
             [r for r in rows if r["status"] == "failed"],
             fields=["id", "status", "step", "reason", "source"],
         )
-        run.outputs = ["results.csv", "failures.csv"]
+        run.outputs = ["results.csv", _units_path(Path("results.csv")).name, "failures.csv"]
         for sink in self.config.sinks:
-            run.outputs += self._write_sink(sink, run.batch, run.run_dir)
+            run.outputs += self._write_sink(sink, run.batch, run.run_dir, run.manifest)
         run.manifest["timings_s"]["sinks"] = round(time.perf_counter() - t0, 3)
         return rows
+
+    @property
+    def ranked(self) -> bool:
+        """Whether a rank step orders the surviving crystals (csv sinks then start with ``rank``)."""
+        return any(s.type == "rank" for s in self.config.steps)
+
+    def column_units(self, columns: list[str], plugins: list[dict[str, Any]] | None = None) -> dict[str, str]:
+        """The unit of each of ``columns`` (:func:`crystal_pipeline.columns.column_units`; the
+        encoders' target units from the run's plugin records)."""
+        from crystal_pipeline.columns import column_units, registered_metric_units
+
+        return column_units(self.config, columns, plugins=plugins, metric_units=registered_metric_units())
 
     def _finish(self, run: _Run, rows: list[dict[str, Any]]) -> RunResult:
         """Mark the manifest complete with the counts per status, and say so."""
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
+        for step in self.config.steps:  # which references the hull step used (the last hull step's)
+            if step.type == "hull":
+                from crystal_pipeline.hull import manifest_record
+
+                ok_formulas = [str(r["formula"]) for r in rows if r["status"] == "ok" and r.get("formula")]
+                run.manifest["hull"] = manifest_record(step, self.base_dir, ok_formulas)
         run.manifest.update(
             status="complete",
             finished=_dt.datetime.now(_dt.UTC).isoformat(),
@@ -488,9 +601,10 @@ class Pipeline:
         return RunResult(run.run_dir, run.batch, rows, run.failures, run.dropped, run.manifest)
 
     # ------------------------------------------------------------------ helpers
-    def _read_source(self, ctx: StepContext, dev: torch.device) -> StageOutput:
+    def _read_source(self, ctx: StepContext, dev: torch.device, rid: str = "") -> StageOutput:
         """The source read block by block (:func:`~crystal_pipeline.sources.plan_blocks`, as the
-        ray executor reads it, so both give the same inputs and ids), then checked."""
+        ray executor reads it, so both give the same inputs and ids), then checked; ``rid``: the
+        run id in generated crystals' ids."""
         from crystal_pipeline.sources import plan_blocks, read_block
 
         src = self.config.source
@@ -502,8 +616,11 @@ class Pipeline:
             gen = comp
         failures: list[Failure] = []
         parts: list[CrystalBatch] = []
-        for spec in plan_blocks(src, base_dir=self.base_dir, chunk_size=meta.chunk_size, seed=meta.seed):
-            block = read_block(spec, src, base_dir=self.base_dir, generator=gen)
+        plan = plan_blocks(src, base_dir=self.base_dir, chunk_size=meta.chunk_size, seed=meta.seed, run_id=rid)
+        for spec in plan:  # a generate block delivers crystals that pass min_distance (rejected ones: rows)
+            block = read_block(
+                spec, src, base_dir=self.base_dir, generator=gen, min_distance=meta.min_distance if gen else None
+            )
             failures += block.failures
             if len(block.batch):
                 parts.append(block.batch)
@@ -533,7 +650,10 @@ class Pipeline:
             ctx.emit("failure", "source", f"{f.id}: {f.reason}", data={"id": f.id, "reason": f.reason})
         return StageOutput(batch.select(keep), failures)
 
-    def _write_sink(self, sink: Any, batch: CrystalBatch, run_dir: Path) -> list[str]:
+    def _write_sink(
+        self, sink: Any, batch: CrystalBatch, run_dir: Path, manifest: dict[str, Any] | None = None
+    ) -> list[str]:
+        """One ``[[sinks]]`` entry; the paths written (a csv sink's units sidecar included)."""
         target = run_dir / sink.path
         if isinstance(sink, StructureSink):
             write_structures(batch, target, sink.type, symprec=sink.symprec)
@@ -549,6 +669,7 @@ class Pipeline:
         rows = []
         values = {c: batch.crystal_properties[c].detach().cpu().tolist() for c in cols}
         for k, ident in enumerate(batch.ids):
+            # rank: the position in the order of the last rank step, only when one ran
             row: dict[str, Any] = {
                 "rank": k + 1,
                 "id": ident,
@@ -560,15 +681,18 @@ class Pipeline:
             row.update({c: _fmt(values[c][k]) for c in cols})
             rows.append(row)
         fields = [
-            "rank",
+            *(["rank"] if self.ranked else []),
             "id",
             "formula",
             "num_atoms",
             *sorted({h for inf in batch.info for h in inf.get("labels", {})}),
             *cols,
         ]
-        _write_rows(target, rows, fields=fields)
-        return [sink.path]
+        units = self.column_units(fields, (manifest or {}).get("plugins"))
+        if manifest is not None:
+            manifest.setdefault("units", {}).update(units)
+        _write_rows(target, rows, fields=fields, units=units, units_mode=sink.units)
+        return [sink.path] + ([str(_units_path(Path(sink.path)))] if sink.units == "sidecar" else [])
 
 
 _MANIFEST_PACKAGES = (
@@ -691,6 +815,52 @@ def _validate_in_chunks(batch: CrystalBatch, min_distance: float, chunk_size: in
     return [r for part in batch.split(max(1, chunk_size)) for r in check(part)]
 
 
+def weights_config(
+    cls: type[Component],
+    config: dict[str, Any],
+    *,
+    random_init: bool,
+    give: str = "weights or checkpoint",
+    switch: str = "random_init = true",
+) -> dict[str, Any]:
+    """The config an encoder or characterizer is built with, refusing silent random weights.
+
+    * ``config`` names ``weights`` or a ``checkpoint``: unchanged (``random_init`` then contradicts it);
+    * neither (and no explicit ``weights = None``), and the class declares ``default_weights``:
+      those, written into the config (so the run manifest names them);
+    * neither, and the config's own defaults name none: a :class:`ConfigError` listing the
+      component's named weights (``give``: how to choose them, ``switch``: how to say
+      ``random_init``), unless ``random_init``, which also clears a ``weights`` default.
+
+    A component whose config has neither field (e.g. an analytic encoder) has no weights to
+    choose and is returned unchanged (``random_init`` is then an error: it would do nothing).
+    """
+    fields = cls.Config.model_fields
+    what = f"{cls.kind.singular} {cls.name!r}"
+    if not {"weights", "checkpoint"} & fields.keys():
+        if random_init:
+            raise ConfigError(f"{what}: random_init: it has no weights (nothing to initialise randomly); remove it")
+        return dict(config)
+    given = sorted(k for k in ("weights", "checkpoint") if config.get(k) is not None)
+    if random_init:
+        if given:
+            raise ConfigError(f"{what}: random_init contradicts config {' and '.join(given)}; remove one of them")
+        return {**config, "weights": None} if "weights" in fields else dict(config)
+    if given:
+        return dict(config)
+    if cls.default_weights is not None and "weights" in fields and "weights" not in config:  # not weights=None
+        return {**config, "weights": cls.default_weights}
+    made = cls.make_config(config)
+    if getattr(made, "weights", None) is not None or getattr(made, "checkpoint", None) is not None:
+        return dict(config)
+    names = ", ".join(cls.weights) or "none shipped"
+    raise ConfigError(
+        f"{what}: no weights given: it would start from random weights and its outputs would be meaningless. "
+        f"Give {give} (named weights: {names}; or a checkpoint file such as the model.pt of `crystal train`), "
+        f"or {switch} to use random weights on purpose"
+    )
+
+
 def _weights_record(name: str) -> dict[str, Any]:
     from crystal.weights import find_weights
 
@@ -759,15 +929,49 @@ def _result_rows(
     return rows
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]], fields: list[str] | None = None) -> None:
+def _result_fields(rows: list[dict[str, Any]]) -> list[str]:
+    """The columns of results.csv: the fixed ones, then every computed column in order of appearance."""
+    fields = ["id", "status", "step", "reason", "source", "formula"]
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    return fields
+
+
+def _units_path(table: Path) -> Path:
+    """``summary.csv`` -> ``summary.units.csv``: where a table's units are written beside it."""
+    stem = table.name[:-4] if table.name.lower().endswith(".csv") else table.name
+    return table.with_name(f"{stem}.units.csv")
+
+
+def _write_rows(
+    path: Path,
+    rows: list[dict[str, Any]],
+    fields: list[str] | None = None,
+    *,
+    units: dict[str, str] | None = None,
+    units_mode: str = "sidecar",
+) -> None:
+    """A CSV table; with ``units`` (column -> unit, ``""`` for none) also its units: in a
+    ``<stem>.units.csv`` sidecar (rows ``column,unit``; ``units_mode`` 'sidecar') or in the
+    header as ``name (unit)`` ('header'); 'none' writes none."""
+    from crystal_pipeline.columns import label_with_unit
+
     if fields is None:
-        fields = ["id", "status", "step", "reason", "source", "formula"]
-        for r in rows:
-            fields += [k for k in r if k not in fields]
+        fields = _result_fields(rows)
+    header = list(fields)
+    if units is not None and units_mode == "header":
+        header = [label_with_unit(f, units.get(f, "")) for f in fields]
     with atomic_write(path, newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows([r.get(f, "") for f in fields] for r in rows)
+    if units is not None and units_mode == "sidecar":
+        with atomic_write(_units_path(path), newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["column", "unit"])
+            writer.writerows([f, units.get(f, "")] for f in fields)
+    elif units is not None:  # a sidecar left by an earlier attempt (resume) would contradict the table
+        _units_path(path).unlink(missing_ok=True)
 
 
 def load_pipeline(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> Pipeline:

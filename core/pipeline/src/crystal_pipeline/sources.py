@@ -6,8 +6,16 @@ directories are walked one directory at a time in sorted order, single-structure
 grouped ``chunk_size`` per block, and big multi-structure files (CSV or Parquet with a ``cif``
 column, multi-frame extxyz) become ``"rows"`` blocks of ``chunk_size`` rows, counted with a
 streaming scan (CSV, extxyz) or from the Parquet metadata. A generator source gives blocks of
-``chunk_size`` samples, each with its own seed (:func:`block_seed`); a dataset source gives
-slices of the dataset.
+``chunk_size`` requested crystals, each with its own seed (:func:`block_seed`); a dataset source
+gives slices of the dataset.
+
+A generate block asks for ``count`` *valid* crystals with :func:`crystal.generation.generate_valid`:
+it samples again (within ``ceil(count × max_attempts)`` samples drawn) until it has them, every
+rejected sample becoming a failure of step ``"generate"`` with its reason; ids are
+``<generator>-<run id>-<block>-<k>`` (``k`` counts the block's samples, valid and rejected, in
+draw order), so they never repeat across blocks, calls and runs and stay the same within a
+resumed run. :func:`generation_report` sums up what a generate source delivered (and any
+shortfall) for the run's manifest.
 
 A :class:`BlockSpec` is small, picklable and JSON-serialisable: it is what a worker (a local
 loop, a Ray task) needs to :func:`read_block` block ``k``. Plans are deterministic: the same
@@ -34,10 +42,13 @@ import fnmatch
 import functools
 import io
 import json
+import math
 import os
 import re
+import secrets
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, cast
 
@@ -57,12 +68,15 @@ __all__ = [
     "BlockSpec",
     "SourceBlock",
     "block_seed",
+    "check_generation_conditions",
     "check_source_paths",
     "generation_conditions",
+    "generation_report",
     "iter_source_files",
     "plan_blocks",
     "read_block",
     "require_pyarrow",
+    "run_id",
 ]
 
 BlockKind = Literal["files", "rows", "dataset", "generate"]
@@ -85,10 +99,13 @@ class BlockSpec:
       ``[start, stop)`` of the one file ``path``; ``offset`` is the byte offset of row
       ``start`` in CSV and extxyz files (where a reader seeks to), 0 otherwise;
     * ``"dataset"``: structures ``[start, stop)`` of the dataset;
-    * ``"generate"``: ``count`` samples drawn with the generator seed ``seed``.
+    * ``"generate"``: ``count`` valid crystals asked of the generator, seed ``seed`` (round 0;
+      :func:`crystal.generation.round_seed` for the retries), ids ``<name>-<run_id>-<index>-<k>``
+      (``run_id`` empty: a fresh random token).
 
     ``count`` is the number of inputs planned for the block (for ``"files"`` one per file,
-    unless a limit made the planner count CIF data blocks and JSON items).
+    unless a limit made the planner count CIF data blocks and JSON items; for ``"generate"``
+    the valid crystals asked for, the rejected samples coming on top).
     """
 
     index: int
@@ -100,6 +117,7 @@ class BlockSpec:
     count: int = 0
     seed: int = 0
     offset: int = 0
+    run_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (``paths`` as a list); :meth:`from_dict` reads it back."""
@@ -460,12 +478,15 @@ def _count_entries(path: str, fmt: str) -> int:
 
 
 # ---------------------------------------------------------------------------- planning
-def plan_blocks(source: AnySource, *, base_dir: Path, chunk_size: int, seed: int) -> Iterator[BlockSpec]:
+def plan_blocks(
+    source: AnySource, *, base_dir: Path, chunk_size: int, seed: int, run_id: str = ""
+) -> Iterator[BlockSpec]:
     """The blocks of ``source``, lazily, with indices 0, 1, 2, ... (the same on every run).
 
     ``base_dir``: relative ``paths`` are relative to it (the pipeline file's folder);
     ``chunk_size``: inputs per block (files, rows, samples); ``seed``: the pipeline seed
-    (generator blocks get :func:`block_seed`). Nothing is parsed here: files are listed one
+    (generator blocks get :func:`block_seed`); ``run_id``: the run's token, put in the ids of
+    generated crystals (``""``: each block draws a random one). Nothing is parsed here: files are listed one
     directory at a time, and multi-structure files are counted by a streaming scan (CSV,
     extxyz) or their metadata (Parquet). A pattern that matches nothing raises
     :class:`ConfigError` when the planner reaches it.
@@ -473,7 +494,8 @@ def plan_blocks(source: AnySource, *, base_dir: Path, chunk_size: int, seed: int
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if source.type == "generate":
-        yield from _ranges("generate", source.num_samples, chunk_size, seed)
+        for spec in _ranges("generate", source.num_samples, chunk_size, seed):
+            yield replace(spec, run_id=run_id)
     elif source.type == "dataset":
         ids, _ = _load_dataset(source.name, source.limit)
         yield from _ranges("dataset", len(ids), chunk_size, seed)
@@ -586,6 +608,11 @@ def read_block(
     closer than that, NaN, degenerate cells), those that fail becoming failures of step
     ``"source"``. Ids are made unique within the block (``#n`` suffixes). ``generator``: the
     generator component, needed for a ``generate`` source.
+
+    A ``generate`` block asks :func:`crystal.generation.generate_valid` for ``spec.count`` valid
+    crystals (those failing the ``min_distance`` check count as rejected, so the block still
+    delivers ``count``) within ``ceil(count × source.max_attempts)`` samples drawn; each
+    rejected sample is a failure of step ``"generate"`` with its reason.
     """
     import torch
 
@@ -597,10 +624,28 @@ def read_block(
             raise ConfigError(f"block {spec.index}: a 'generate' block needs a generate source, got {source.type!r}")
         if generator is None:
             raise ConfigError(f"block {spec.index}: a generate source needs its generator component (generator=...)")
-        batch = generator.generate(spec.count, generation_conditions(source), seed=spec.seed).to("cpu", torch.float64)
+        from crystal.generation import generate_valid
+
+        where = f"generator:{generator.name}"
+        token = spec.run_id or secrets.token_hex(4)
+
+        def check(b: CrystalBatch) -> list[str | None]:
+            return b.validate(min_distance) if min_distance is not None else [None] * len(b)
+
+        out = generate_valid(
+            generator,
+            spec.count,
+            generation_conditions(source),
+            seed=spec.seed,
+            max_attempts=math.ceil(spec.count * source.max_attempts - 1e-9),
+            id_prefix=f"{generator.name}-{token}-{spec.index}",
+            check=check,
+        )
+        batch = out.batch.to("cpu", torch.float64)
         for info in batch.info:
-            info.setdefault("source", f"generator:{generator.name}")
-        return _finish(spec, batch, [], min_distance)
+            info.setdefault("source", where)
+        rejected = [Failure(r.id, "generate", r.reason, where) for r in out.rejected]
+        return _finish(spec, batch, rejected, min_distance)
     if spec.kind == "dataset":
         if source.type != "dataset":
             raise ConfigError(f"block {spec.index}: a 'dataset' block needs a dataset source, got {source.type!r}")
@@ -674,6 +719,65 @@ def generation_conditions(source: GenerateSource) -> GenerationConditions:
         formula_units=tuple(source.formula_units) if source.formula_units else None,
         space_groups=tuple(source.space_groups) if source.space_groups else None,
     )
+
+
+def run_id(started: str | None, run_dir: str | os.PathLike[str]) -> str:
+    """The 8-hex-digit id of a run, put in the ids of its generated crystals: a hash of when it
+    started (kept on ``--resume``, so a resumed run names its crystals as the interrupted one did;
+    the run directory's absolute path when the start is unknown)."""
+    import hashlib
+
+    key = started if started else os.path.abspath(run_dir)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+
+
+def check_generation_conditions(source: GenerateSource, cls: type[Any], config: Any) -> str | None:
+    """Whether generator class ``cls`` (with its validated ``config``) accepts the conditions of
+    ``source`` (:meth:`~crystal.components.Generator.check_conditions`, cheap: no model is built);
+    ``None``, or the problem naming the source field (``"field 'chemical_system': ..."``)."""
+    from crystal.components import ConditionError
+
+    check = getattr(cls, "check_conditions", None)
+    if check is None:
+        return None
+    try:
+        check(generation_conditions(source), config)
+    except ConditionError as exc:
+        return f"field {exc.field!r}: {exc}" if exc.field else str(exc)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def generation_report(source: GenerateSource, delivered: int, failures: Iterable[Failure]) -> dict[str, Any]:
+    """What a generate source delivered, for the run's manifest (``generation``) and the shortfall
+    warning: ``requested`` (``num_samples``), ``delivered`` (valid crystals that entered the run),
+    ``rejected`` (failures of step ``"generate"``), ``reasons`` (the ten commonest kinds of
+    rejection reason, numbers replaced by ``…``, with their counts), ``max_attempts`` and ``shortfall`` (``None``, or one line saying
+    how many crystals are missing, why, and what to change)."""
+    from crystal.generation import reason_kind
+
+    rejected = [f for f in failures if f.step == "generate"]
+    reasons = Counter(reason_kind(f.reason) for f in rejected)
+    missing = source.num_samples - delivered
+    shortfall = None
+    if missing > 0:
+        common = "; ".join(f"{n}× {r}" for r, n in reasons.most_common(3)) or "no sample was rejected"
+        shortfall = (
+            f"source: generator {source.generator!r} delivered {delivered} of num_samples={source.num_samples} "
+            f"crystals; {len(rejected)} samples were rejected ({common}) before the attempt budget ran out "
+            f"(max_attempts={source.max_attempts:g} samples per requested crystal); raise source.max_attempts or "
+            "change the generator's config or conditions"
+        )
+    return {
+        "generator": source.generator,
+        "requested": source.num_samples,
+        "delivered": delivered,
+        "rejected": len(rejected),
+        "reasons": dict(reasons.most_common(10)),
+        "max_attempts": source.max_attempts,
+        "shortfall": shortfall,
+    }
 
 
 @functools.lru_cache(maxsize=4)

@@ -99,7 +99,14 @@ def _relax(step: RelaxStep, batch: CrystalBatch, ctx: StepContext) -> StageOutpu
         path = ctx.run_dir / "trajectories" / f"{step.id}-chunk{ctx.chunk_index:05d}.extxyz"
         with atomic_write(path) as fh:
             write(fh, frames, format="extxyz")
-    return StageOutput(out)
+    failures: list[Failure] = []
+    for k, reason in enumerate(res.failures):  # stopped crystals (runaway volume/energy, ...) are failure rows
+        if reason is not None:
+            failures.append(Failure(out.ids[k], step.id, reason, str(out.info[k].get("source", ""))))
+            ctx.emit("failure", step.id, f"{out.ids[k]}: {reason}", data={"id": out.ids[k], "reason": reason})
+    if failures:
+        out = out.select(torch.tensor([r is None for r in res.failures], dtype=torch.bool, device=out.device))
+    return StageOutput(out, failures)
 
 
 def md_seed(seed: int, step_id: str, crystal_id: str) -> int:
@@ -230,6 +237,12 @@ def _metrics(step: MetricsStep, batch: CrystalBatch, ctx: StepContext) -> StageO
     return StageOutput(batch)
 
 
+def _hull(step: Any, batch: CrystalBatch, ctx: StepContext) -> StageOutput:
+    from crystal_pipeline.hull import run_hull  # formation energy, e_above_hull (crystal_pipeline.hull)
+
+    return run_hull(step, batch, ctx)
+
+
 _MAP: dict[str, Callable[[Any, CrystalBatch, StepContext], StageOutput]] = {
     "validate": _validate,
     "relax": _relax,
@@ -237,6 +250,7 @@ _MAP: dict[str, Callable[[Any, CrystalBatch, StepContext], StageOutput]] = {
     "predict": _predict,
     "characterize": _characterize,
     "metrics": _metrics,
+    "hull": _hull,
 }
 
 

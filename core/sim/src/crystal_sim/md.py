@@ -92,6 +92,13 @@ class MDConfig(BatchLimits):
     )
     log_every: int = Field(1, ge=1, description="record energies/temperature (and call the callback) every N steps")
     wrap: bool = Field(False, description="wrap positions into the cell along periodic directions every step")
+    max_energy_change_per_atom: float | None = Field(
+        5.0,
+        gt=0,
+        description="stop with an error naming the crystals whose total energy (potential + kinetic) per atom "
+        "moves more than this from its start, eV/atom, checked every log_every steps (an exploding integration: "
+        "too long a timestep, forces inconsistent with the energy, a hole of the potential); None: no bound",
+    )
 
     @model_validator(mode="after")
     def _check_friction(self) -> MDConfig:
@@ -452,7 +459,7 @@ def _integrate(
     def kinetic(vel: torch.Tensor) -> torch.Tensor:
         return _segment_sum(0.5 * masses * (vel * vel).sum(1), g.batch, B)
 
-    def check(energy: torch.Tensor, forces: torch.Tensor, step: int) -> None:
+    def check(energy: torch.Tensor, forces: torch.Tensor, step: int, ke: torch.Tensor | None = None) -> None:
         if not torch.isfinite(energy).all() or not torch.isfinite(forces).all():
             bad = torch.nonzero(~torch.isfinite(energy)).flatten().tolist()
             ids = [g.ids[i] for i in bad]
@@ -460,10 +467,26 @@ def _integrate(
                 f"md: potential {potential.name!r} returned non-finite energy/forces at step {step}"
                 f" for {ids or 'some crystals'}"
             )
+        limit = cfg.max_energy_change_per_atom
+        if limit is None or step == 0:
+            return
+        total = (energy + (kinetic(v) if ke is None else ke)) / n_atoms
+        change = total - start_total
+        off = change.abs() > limit
+        if bool(off.any()):
+            bad = torch.nonzero(off).flatten().tolist()
+            k = bad[0]
+            raise StructureError(
+                f"md: the total energy of {[g.ids[i] for i in bad]} left the sane range at step {step}: "
+                f"{float(start_total[k]):.4g} -> {float(total[k]):.4g} eV/atom "
+                f"(max_energy_change_per_atom={limit:g}); an exploding integration: too long a timestep, "
+                f"or forces of potential {potential.name!r} inconsistent with its energy"
+            )
 
     current = g.with_positions(frac_of(x), lat)
     energy, forces = evaluate(current, index, 0)
     check(energy, forces, 0)
+    start_total = (energy + kinetic(v)) / n_atoms
     e0_out[idx] = energy
     for step in range(1, cfg.steps + 1):
         v = v + (0.5 * dt) * forces * inv_m
@@ -482,8 +505,8 @@ def _integrate(
         energy, forces = evaluate(current, index, step)
         v = v + (0.5 * dt) * forces * inv_m
         if step % cfg.log_every == 0:
-            check(energy, forces, step)
             ke = kinetic(v)
+            check(energy, forces, step, ke)
             row = step // cfg.log_every - 1
             pe_log[row, idx] = energy
             ke_log[row, idx] = ke

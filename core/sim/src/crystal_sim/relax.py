@@ -84,6 +84,25 @@ class RelaxConfig(BatchLimits):
         None, gt=0, description="scale of the cell DOF; default: number of atoms of each crystal"
     )
     trajectory_every: int = Field(0, ge=0, description="record a frame every N steps (0: no trajectory)")
+    max_volume_factor: float | None = Field(
+        4.0,
+        gt=1,
+        description="stop a crystal (failed) whose cell volume grows beyond this factor times its starting volume "
+        "or shrinks below its starting volume divided by it (a runaway cell, e.g. a wrong stress sign); "
+        "None: no bound",
+    )
+    max_energy_rise_per_atom: float | None = Field(
+        2.0,
+        gt=0,
+        description="stop a crystal (failed) whose energy per atom (enthalpy E + pV under scalar_pressure) rises "
+        "more than this above its starting value, eV/atom (a relaxation goes downhill); None: no bound",
+    )
+    max_energy_drop_per_atom: float | None = Field(
+        100.0,
+        gt=0,
+        description="stop a crystal (failed) whose energy per atom (enthalpy under scalar_pressure) falls more "
+        "than this below its starting value, eV/atom (a hole of the potential); None: no bound",
+    )
     fire: FireConfig = Field(default_factory=FireConfig)
     inflight: bool = Field(
         True,
@@ -103,6 +122,11 @@ class RelaxResult:
     ``stress``     (B, 3, 3) final stress, eV/Å³ (``None`` when the cell was fixed)
     ``converged``  (B,) bool
     ``steps``      (B,) FIRE steps taken
+    ``failures``   (B,) the reason each crystal was stopped as failed (its volume or energy left
+                   the sane range of :class:`RelaxConfig`, non-finite energy/forces, or too many
+                   neighbours: :class:`~crystal.neighbors.NeighborLimitError`), ``None`` for the
+                   others; a failed crystal keeps the state it was stopped in, is not converged
+                   and has a NaN energy (callers that ignore ``failures`` cannot take it as valid)
     ``trajectory`` frames ``(step, batch)`` of the whole batch every ``trajectory_every`` steps,
                    each frame's batch carrying ``energy`` in ``crystal_properties``
     """
@@ -114,6 +138,12 @@ class RelaxResult:
     converged: torch.Tensor
     steps: torch.Tensor
     trajectory: list[tuple[int, CrystalBatch]] = field(default_factory=list)
+    failures: list[str | None] = field(default_factory=list)
+
+    @property
+    def failed(self) -> torch.Tensor:
+        """(B,) bool: the crystals stopped as failed (see ``failures``)."""
+        return torch.tensor([f is not None for f in self.failures], dtype=torch.bool, device=self.energy.device)
 
 
 def _expm(A: torch.Tensor) -> torch.Tensor:
@@ -149,6 +179,13 @@ def relax(
     Structures with NaN coordinates raise :class:`StructureError`; an out-of-memory error
     raised by the potential on a single crystal is raised again (on more, the capacity is
     halved and the evaluation repeated).
+
+    A crystal that goes wrong is stopped alone, with its reason in ``RelaxResult.failures``,
+    while the others go on: its volume leaves ``[V₀ / max_volume_factor, V₀ · max_volume_factor]``,
+    its energy (enthalpy) per atom rises more than ``max_energy_rise_per_atom`` above its
+    starting value or falls more than ``max_energy_drop_per_atom`` below it, the potential
+    returns non-finite energy or forces for it, or its cell is so dense that the neighbour
+    search refuses it (:class:`~crystal.neighbors.NeighborLimitError`).
     """
     try:
         cfg = RelaxConfig.model_validate({**(config or RelaxConfig()).model_dump(), **overrides})
@@ -180,6 +217,7 @@ def relax(
             torch.zeros(0, dtype=torch.bool, device=device),
             torch.zeros(0, dtype=torch.long, device=device),
         )
+    from crystal.neighbors import NeighborLimitError
 
     cell0 = work.lattices.clone()
     cell0_inv = torch.linalg.inv(cell0)
@@ -198,6 +236,9 @@ def relax(
     first = torch.ones(B, dtype=torch.bool, device=device)
 
     converged = torch.zeros(B, dtype=torch.bool, device=device)
+    failures: list[str | None] = [None] * B
+    h0 = torch.zeros(B, dtype=dtype, device=device)  # starting energy (enthalpy) per atom
+    seen = torch.zeros(B, dtype=torch.bool, device=device)
     steps = torch.zeros(B, dtype=torch.long, device=device)
     energy = torch.zeros(B, dtype=dtype, device=device)
     forces = torch.zeros((N, 3), dtype=dtype, device=device)
@@ -255,6 +296,17 @@ def relax(
             try:
                 out = potential.compute(sub, forces=True, stress=cfg.relax_cell)
                 break
+            except NeighborLimitError as exc:  # the crystals it names fail; the others are evaluated again
+                named = set(exc.ids)
+                hit = [b for b, ident in zip(active, sub.ids, strict=True) if ident in named]
+                if not hit:
+                    raise
+                for b in hit:
+                    failures[b] = f"stopped at FIRE step {int(steps[b])}: {exc}"
+                active = [b for b in active if b not in hit]
+                if not active:
+                    break
+                continue
             except Exception as exc:
                 if not is_out_of_memory(exc) or len(active) == 1:
                     raise
@@ -275,16 +327,19 @@ def relax(
                 len(active),
                 limit,
             )
+        if not active:  # every crystal of this evaluation failed in the neighbour search
+            continue
         evaluation += 1
         if out.forces is None or (cfg.relax_cell and out.stress is None):
             raise StructureError(f"potential {potential.name!r} returned no forces/stress")
         e_sub = out.energy.to(dtype)
         f_sub = out.forces.to(dtype)
-        if not torch.isfinite(e_sub).all() or not torch.isfinite(f_sub).all():
-            ids = [sub.ids[i] for i in torch.nonzero(~torch.isfinite(e_sub)).flatten().tolist()]
-            raise StructureError(
-                f"potential {potential.name!r} returned non-finite energy/forces for {ids or 'some crystals'}"
-            )
+        bad_f = torch.zeros(len(idx), dtype=torch.long, device=device).index_add_(
+            0, sub.batch, (~torch.isfinite(f_sub)).any(dim=1).long()
+        )
+        non_finite = ~torch.isfinite(e_sub) | (bad_f > 0)
+        e_sub = torch.where(torch.isfinite(e_sub), e_sub, torch.zeros_like(e_sub))
+        f_sub = torch.where(torch.isfinite(f_sub), f_sub, torch.zeros_like(f_sub))
         energy[idx] = e_sub
         forces[a_atoms] = f_sub
         Fb = F[sub.batch]
@@ -308,12 +363,16 @@ def relax(
         else:
             g_X = torch.zeros((len(idx), 3, 3), dtype=dtype, device=device)
 
-        done_now = fmax_b < cfg.fmax
+        vol_now = torch.linalg.det(lat).abs()
+        failed_now = _sanity(
+            cfg, sub, idx, e_sub, non_finite, vol_now, volume0[idx], h0, seen, steps, failures, potential.name
+        )
+        done_now = (fmax_b < cfg.fmax) & ~failed_now
         out_of_steps = steps[idx] >= cfg.max_steps
         converged[idx] = done_now
         if cfg.trajectory_every:
             _record(frames, steps[idx], idx, cfg.trajectory_every, work, u, X, energy)
-        finished = done_now | out_of_steps
+        finished = done_now | out_of_steps | failed_now
         if callback is not None:
             callback(evaluation - 1, int((~finished).sum()) + len(waiting), int(converged.sum()))
 
@@ -361,6 +420,8 @@ def relax(
             steps[k_idx] += 1
         active = [b for b, done in zip(active, finished.tolist(), strict=True) if not done]
 
+    if any(f is not None for f in failures):  # no energy to trust for a stopped crystal
+        energy[torch.tensor([f is not None for f in failures], dtype=torch.bool, device=device)] = float("nan")
     lat_final = _lattices(cell0, X, c) if cfg.relax_cell else cell0
     frac_final = torch.einsum("ni,nij->nj", u, cell0_inv[work.batch])
     final = work.with_positions(frac_final, lat_final)
@@ -375,7 +436,70 @@ def relax(
             todo = ~frame.filled  # crystals that stopped before step k: their final state
             frame.fill(todo, work, u, X, energy)
             trajectory.append((k, _snapshot(work, frame.u, frame.X, cell0, cell0_inv, c, frame.energy, cfg.relax_cell)))
-    return RelaxResult(final, energy, forces, stress, converged, steps, trajectory)
+    return RelaxResult(final, energy, forces, stress, converged, steps, trajectory, failures)
+
+
+def _sanity(
+    cfg: RelaxConfig,
+    sub: CrystalBatch,
+    idx: torch.Tensor,
+    e_sub: torch.Tensor,
+    non_finite: torch.Tensor,
+    vol: torch.Tensor,
+    vol0: torch.Tensor,
+    h0: torch.Tensor,
+    seen: torch.Tensor,
+    steps: torch.Tensor,
+    failures: list[str | None],
+    name: str,
+) -> torch.Tensor:
+    """(K,) bool: the evaluated crystals ``idx`` (volumes ``vol``, starting volumes ``vol0``,
+    Å³) that leave the sane range of ``cfg``; their reasons go to ``failures``. The first
+    evaluation of a crystal sets its reference energy (enthalpy) per atom ``h0``."""
+    n = sub.num_atoms.to(e_sub.dtype)
+    h = (e_sub + cfg.scalar_pressure * vol) / n
+    new = ~seen[idx]
+    h0[idx[new]] = h[new]
+    seen[idx] = True
+    change = h - h0[idx]
+    ratio = vol / vol0
+    what = "enthalpy" if cfg.scalar_pressure else "energy"
+    failed = non_finite.clone()
+    if cfg.max_volume_factor is not None:
+        failed |= ~((ratio >= 1 / cfg.max_volume_factor) & (ratio <= cfg.max_volume_factor))
+    if cfg.max_energy_rise_per_atom is not None:
+        failed |= change > cfg.max_energy_rise_per_atom
+    if cfg.max_energy_drop_per_atom is not None:
+        failed |= -change > cfg.max_energy_drop_per_atom
+    if not bool(failed.any()):  # one synchronisation per evaluation; the reasons only for the failed
+        return failed
+    for k in failed.nonzero(as_tuple=True)[0].tolist():
+        b, step = int(idx[k]), int(steps[idx[k]])
+        reason = None
+        if bool(non_finite[k]):
+            reason = f"potential {name!r} returned a non-finite energy or forces"
+        elif cfg.max_volume_factor is not None and not (
+            1 / cfg.max_volume_factor <= float(ratio[k]) <= cfg.max_volume_factor
+        ):
+            reason = (
+                f"the cell volume left the sane range: {float(vol0[k]):.4g} -> {float(vol[k]):.4g} Å^3 "
+                f"(x{float(ratio[k]):.3g}, max_volume_factor={cfg.max_volume_factor:g}); a runaway cell, e.g. a "
+                f"stress of potential {name!r} with the wrong sign or unit"
+            )
+        elif cfg.max_energy_rise_per_atom is not None and float(change[k]) > cfg.max_energy_rise_per_atom:
+            reason = (
+                f"the {what} rose by {float(change[k]):.4g} eV/atom above its start "
+                f"(max_energy_rise_per_atom={cfg.max_energy_rise_per_atom:g}); a relaxation goes downhill: forces or "
+                f"stress of potential {name!r} inconsistent with its energy (e.g. a wrong stress sign)"
+            )
+        elif cfg.max_energy_drop_per_atom is not None and -float(change[k]) > cfg.max_energy_drop_per_atom:
+            reason = (
+                f"the {what} fell by {-float(change[k]):.4g} eV/atom below its start "
+                f"(max_energy_drop_per_atom={cfg.max_energy_drop_per_atom:g}); an unphysical hole of potential "
+                f"{name!r} (e.g. atoms collapsing onto each other)"
+            )
+        failures[b] = f"relaxation stopped at FIRE step {step}: {reason}"
+    return failed
 
 
 def _lattices(cell0: torch.Tensor, X: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,13 @@ from crystal.config import StrictModel, field_hint
 from crystal.errors import ConfigError
 from crystal.specs import parse_value
 from crystal.targets import TargetSpec
-from crystal_train.options import LEGACY_SECTIONS, FitConfig, fit_defaults, merge_legacy_sections
+from crystal_train.options import (
+    LEGACY_SECTIONS,
+    FitConfig,
+    fit_defaults,
+    merge_legacy_sections,
+    warn_fine_tune_overrides,
+)
 
 __all__ = ["ENCODER_FIT_DEFAULTS", "DataConfig", "TrainConfig", "load_train_config", "parse_train_config"]
 
@@ -93,6 +99,9 @@ class DataConfig(StrictModel):
 
 #: an encoder run's defaults that differ from :class:`FitConfig`'s
 ENCODER_FIT_DEFAULTS: dict[str, Any] = {"batch_size": 64, "scheduler": "onecycle"}
+#: [fit] defaults of a fine-tuning run (``init`` given), over the ones above: a peak learning
+#: rate 10x below the from-scratch 1e-3, so that the first epochs do not erase the pretrained weights
+ENCODER_FINE_TUNE_FIT_DEFAULTS: dict[str, Any] = {"lr": 1e-4}
 
 
 class TrainConfig(StrictModel):
@@ -116,7 +125,13 @@ class TrainConfig(StrictModel):
     def _fit_section(cls, data: Any) -> Any:
         if isinstance(data, dict):
             data = merge_legacy_sections(data)
-            data = dict(data, fit=fit_defaults(data.get("fit"), ENCODER_FIT_DEFAULTS))
+            init = data.get("init")
+            defaults = ENCODER_FIT_DEFAULTS
+            if init:
+                defaults = {**ENCODER_FIT_DEFAULTS, **ENCODER_FINE_TUNE_FIT_DEFAULTS}
+                scratch = {"lr": FitConfig.model_fields["lr"].default, **ENCODER_FIT_DEFAULTS}
+                warn_fine_tune_overrides(data.get("fit"), ENCODER_FINE_TUNE_FIT_DEFAULTS, scratch, str(init))
+            data = dict(data, fit=fit_defaults(data.get("fit"), defaults))
         return data
 
     @model_validator(mode="after")

@@ -37,7 +37,7 @@ from crystal.errors import ConfigError, StructureError
 from crystal.io import Failure, check_structure, detect_format, expand_paths, parse_cif, short_error
 from crystal.targets import TargetSpec
 
-__all__ = ["LabelledData", "read_labelled", "split_indices"]
+__all__ = ["LabelledData", "no_rows_error", "read_labelled", "split_indices"]
 
 
 @dataclass
@@ -309,6 +309,28 @@ def read_labelled(
             arr = np.stack(values[spec.name]) if values[spec.name] else np.zeros((0, spec.dim))
             batch.crystal_properties[spec.name] = _tensor(arr, spec)
     return LabelledData(batch, failures, sorted(warned_alias))
+
+
+def no_rows_error(data: LabelledData, paths: Sequence[str | Path], what: str = "training") -> ConfigError:
+    """The error for a data set of which no row is usable: why the rows were skipped (the most
+    common reasons, with counts: a missing column names the columns that exist) and how to fix it."""
+    from collections import Counter
+
+    where = ", ".join(str(p) for p in paths)
+    if not data.failures:
+        return ConfigError(f"no {what} structures: {where} holds no rows")
+    counts = Counter(f.reason for f in data.failures)
+    shown = "; ".join(f"{n} row(s): {reason}" for reason, n in counts.most_common(3))
+    more = f"; and {len(counts) - 3} other reason(s)" if len(counts) > 3 else ""
+    hint = ""
+    if any(" is missing (fields: " in r for r in counts):
+        hint = (
+            " Name a target after a column that exists (--target NAME), or map the target to its column "
+            '(--set data.columns.TARGET="COLUMN" / [data.columns] in the TOML).'
+        )
+    return ConfigError(
+        f"no {what} structures: all {len(data.failures)} row(s) of {where} were skipped: {shown}{more}.{hint}"
+    )
 
 
 def _tensor(arr: np.ndarray, spec: TargetSpec) -> torch.Tensor:

@@ -37,7 +37,7 @@ from crystal.io import Failure, atomic_write
 from crystal.trainable import TrainableEncoder
 from crystal_train.cluster import is_rank_zero, resolve_placement
 from crystal_train.config import TrainConfig
-from crystal_train.data import LabelledData, read_labelled, split_indices
+from crystal_train.data import LabelledData, no_rows_error, read_labelled, split_indices
 from crystal_train.engine import fit_model
 from crystal_train.options import FitConfig, check_loggers
 from crystal_train.writers import ParityPanel, RunReport, machine_name, write_failures, write_run
@@ -300,6 +300,8 @@ def read_splits(cfg: TrainConfig, encoder: TrainableEncoder) -> Splits:
     """Read train (and val / test when given) and hold seeded fractions of train out for the rest."""
     train_data = _read(cfg, encoder, cfg.data.train, "train")
     assert train_data is not None
+    if len(train_data) == 0:
+        raise no_rows_error(train_data, cfg.data.train or [])
     val_data, test_data = _read(cfg, encoder, cfg.data.val, "val"), _read(cfg, encoder, cfg.data.test, "test")
     failures = [f for d in (train_data, val_data, test_data) if d is not None for f in d.failures]
     fractions = [

@@ -212,12 +212,35 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: FitConfig) -> torch.op
     return torch.optim.AdamW(params, **kw) if cfg.optimizer == "adamw" else torch.optim.Adam(params, **kw)
 
 
+#: fewest optimiser steps a one-cycle schedule runs with; below, :func:`make_schedule` uses cosine
+ONECYCLE_MIN_STEPS = 50
+
+
 def make_schedule(opt: torch.optim.Optimizer, cfg: FitConfig, total_steps: int, monitor: str) -> Any:
-    """Lightning's ``lr_scheduler`` entry for ``cfg.scheduler`` (None: constant lr)."""
+    """Lightning's ``lr_scheduler`` entry for ``cfg.scheduler`` (None: constant lr).
+
+    One-cycle needs steps: it starts at ``lr/25``, spends 30 % of the run warming up and
+    ends at ``lr/25/10⁴`` (4e-9 for lr = 1e-3). With fewer than :data:`ONECYCLE_MIN_STEPS`
+    optimiser steps in the whole run (e.g. one batch per epoch and a few epochs) most steps
+    would run far below ``lr``, so the cosine schedule is used instead (it starts at ``lr``
+    and decays to 0 at the last step), with a warning naming the numbers.
+    """
     sched = torch.optim.lr_scheduler
-    if cfg.scheduler == "onecycle":
+    scheduler = cfg.scheduler
+    if scheduler == "onecycle" and total_steps < ONECYCLE_MIN_STEPS:
+        steps_per_epoch = max(total_steps // cfg.max_epochs, 1)
+        message = (
+            f"fit.scheduler = 'onecycle' needs at least {ONECYCLE_MIN_STEPS} optimiser steps, but this run has "
+            f"{total_steps} ({cfg.max_epochs} epoch(s) x ~{steps_per_epoch} step(s) of batch_size {cfg.batch_size}); "
+            f"one-cycle would start at lr/25 and end at lr/25e4 ({cfg.lr / 25 / 1e4:.2g}), so the cosine schedule "
+            "(from lr to 0) is used instead; train longer, use a smaller fit.batch_size, or set fit.scheduler "
+            "explicitly ('cosine', 'none', 'plateau') to silence this"
+        )
+        warnings.warn(message, UserWarning, stacklevel=2)
+        scheduler = "cosine"
+    if scheduler == "onecycle":
         return {"scheduler": sched.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps), "interval": "step"}
-    if cfg.scheduler == "cosine":
+    if scheduler == "cosine":
         steps_per_epoch = max(total_steps // cfg.max_epochs, 1)
         lam = sched.LambdaLR(opt, _lr_lambda(cfg.warmup_epochs * steps_per_epoch, total_steps))
         return {"scheduler": lam, "interval": "step"}

@@ -36,7 +36,15 @@ from pydantic import Field, field_validator, model_validator
 from crystal.config import StrictModel
 from crystal.errors import ConfigError
 
-__all__ = ["LEGACY_SECTIONS", "FitConfig", "LoggerName", "check_loggers", "fit_defaults", "merge_legacy_sections"]
+__all__ = [
+    "LEGACY_SECTIONS",
+    "FitConfig",
+    "LoggerName",
+    "check_loggers",
+    "fit_defaults",
+    "merge_legacy_sections",
+    "warn_fine_tune_overrides",
+]
 
 LoggerName = Literal["csv", "tensorboard", "wandb"]
 
@@ -182,6 +190,29 @@ def fit_defaults(data: Any, defaults: Mapping[str, Any]) -> Any:
     if merged.get("optimizer") == "sgd" and "amsgrad" not in given:
         merged.pop("amsgrad", None)
     return merged
+
+
+def warn_fine_tune_overrides(fit: Any, fine_tune: Mapping[str, Any], scratch: Mapping[str, Any], init: str) -> None:
+    """Warn (``UserWarning``) for every field of ``fine_tune`` (a fine-tuning run's ``[fit]``
+    defaults) that the run's ``fit`` table sets to another value: a from-scratch learning rate
+    can wipe out what the pretrained ``init`` weights learned."""
+    import warnings
+
+    if isinstance(fit, FitConfig):
+        given = {k: getattr(fit, k) for k in fit.model_fields_set}
+    elif isinstance(fit, Mapping):
+        given = dict(fit)
+    else:
+        return
+    for key, value in fine_tune.items():
+        if key in given and given[key] != value:
+            warnings.warn(
+                f"fine-tuning from {init!r} with fit.{key} = {given[key]!r}: the fine-tuning default is {value!r} "
+                f"(from scratch: {scratch.get(key)!r}); a from-scratch {key} can erase what the pretrained model "
+                "learned (remove the setting to use the fine-tuning default)",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 def merge_legacy_sections(data: dict[str, Any]) -> dict[str, Any]:

@@ -45,9 +45,9 @@ from crystal.io import Failure, atomic_write
 from crystal.targets import TargetSpec
 from crystal.trainable_potential import TrainablePotential, fit_reference_energies
 from crystal_train.cluster import is_rank_zero, resolve_placement
-from crystal_train.data import read_labelled, split_indices
+from crystal_train.data import no_rows_error, read_labelled, split_indices
 from crystal_train.engine import fit_model
-from crystal_train.options import FitConfig, check_loggers, fit_defaults
+from crystal_train.options import FitConfig, check_loggers, fit_defaults, warn_fine_tune_overrides
 from crystal_train.writers import ParityPanel, RunReport, machine_name, write_failures, write_run
 
 __all__ = [
@@ -125,6 +125,19 @@ class PotentialTrainConfig(StrictModel):
         tuning = bool(data.get("init"))
         if tuning and data.get("e0s") is None:
             data = dict(data, e0s="keep")
+        if tuning:
+            import warnings
+
+            if data.get("e0s") == "fit":
+                warnings.warn(
+                    f"fine-tuning from {data['init']!r} with e0s = 'fit': the pretrained reference energies are "
+                    "replaced by a least-squares fit on the new training data, which shifts every energy the "
+                    "model predicts; keep them (the fine-tuning default, e0s = 'keep') unless the new data "
+                    "comes from other DFT settings",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            warn_fine_tune_overrides(data.get("fit"), _FINE_TUNE_FIT_DEFAULTS, _POTENTIAL_FIT_DEFAULTS, data["init"])
         if isinstance(data.get("fit"), dict) or (tuning and data.get("fit") is None):
             defaults = {**_POTENTIAL_FIT_DEFAULTS, **(_FINE_TUNE_FIT_DEFAULTS if tuning else {})}
             data = dict(data, fit=fit_defaults(data.get("fit") or {}, defaults))
@@ -284,7 +297,7 @@ def _read_splits(cfg: PotentialTrainConfig, out: Path) -> _PotentialSplits:
     failures: list[Failure] = [f for d in (train_data, val_data, test_data) if d is not None for f in d.failures]
     full = train_data.batch
     if len(full) == 0:
-        raise ConfigError(f"no usable training structures in {cfg.data.train} (see {out / 'failures.csv'})")
+        raise no_rows_error(train_data, cfg.data.train or [])
     if val_data is None:
         idx_train, idx_val = split_indices(len(full), [cfg.data.val_fraction], cfg.data.split_seed)
         train_b, val_b = full.select(idx_train), full.select(idx_val)

@@ -8,7 +8,8 @@ Sampling rules (one *sample slot* ``k = 0 … num_samples-1`` per requested crys
    ``"SrTiO3"`` with ``Z = 2`` prompts ``data_Sr2Ti2O6``. Counts are taken as written
    (``"C8"`` with ``Z = 1`` is an 8-atom cell). With no composition anywhere the prompt is
    ``data_`` alone and the model also chooses the formula (unconditional generation);
-   a chemical system cannot be honoured and raises.
+   a chemical system cannot be honoured and raises (:meth:`CrystaLLMGenerator.check_conditions`,
+   which ``crystal validate`` calls, says so before any model is loaded).
 2. **Space group.** Drawn uniformly from ``conditions.space_groups`` (else the config's
    ``space_groups``; ``None`` = the model chooses); it is written into the prompt after the
    atom-properties block, as the reference's ``--with-spacegroup`` prompts.
@@ -18,7 +19,9 @@ Sampling rules (one *sample slot* ``k = 0 … num_samples-1`` per requested crys
 4. **Checks.** Every text is post-processed and checked (:mod:`crystal_crystallm.checks`:
    parses, formula consistent with the prompt, reasonable bond lengths, space group
    consistent); the crystals that also have no two atoms closer than ``min_distance`` are
-   returned, the others are absent. Counts per failed check are in :attr:`last_report`.
+   returned, the others are absent, each with the check it failed in
+   :meth:`CrystaLLMGenerator.generate_detailed` (a pipeline makes them failure rows and samples
+   again). Counts per failed check are in :attr:`last_report`.
 
 Reproducibility: slot ``k``'s ``Z`` and space group come from ``numpy.random.default_rng([seed, k])``;
 batch ``j``'s tokens from a ``torch.Generator`` seeded with ``SeedSequence([seed, j])``, so a
@@ -32,7 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -42,7 +45,14 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from crystal.batch import CrystalBatch
-from crystal.components import ComponentConfig, GenerationConditions, Generator
+from crystal.components import (
+    ComponentConfig,
+    ConditionError,
+    GenerationConditions,
+    GenerationResult,
+    Generator,
+    RejectedSample,
+)
 from crystal.errors import ConfigError
 from crystal.manifest import NamedWeights, WeightsManifest
 from crystal_crystallm.canonical import make_prompt, parse_composition
@@ -395,15 +405,35 @@ class CrystaLLMGenerator(Generator):
         return cfg.max_tokens or self.net.cfg.block_size
 
     # ------------------------------------------------------------------ requests
+    @classmethod
+    def check_conditions(
+        cls, conditions: GenerationConditions, config: ComponentConfig | Mapping[str, Any] | None = None
+    ) -> None:
+        """Raise :class:`ConditionError` for what CrystaLLM cannot prompt with (rules 1–2), without
+        loading a model: a chemical system without a composition, space groups without a composition
+        (in the conditions or the config); a composition that does not parse raises too."""
+        cfg = config if isinstance(config, CrystaLLMConfig) else cls.make_config(config)
+        assert isinstance(cfg, CrystaLLMConfig)
+        supports = "it supports composition, formula_units and space_groups (with a composition)"
+        if conditions.chemical_system is not None and conditions.composition is None:
+            raise ConditionError(
+                "generator 'crystallm': conditions.chemical_system is not supported; CrystaLLM is prompted with a "
+                f"composition (conditions.composition) or nothing ({supports})",
+                "chemical_system",
+            )
+        text = conditions.composition if conditions.composition is not None else cfg.composition
+        if text is not None:
+            parse_composition(text, "generator 'crystallm': composition")
+        elif conditions.space_groups is not None:
+            raise ConditionError(
+                f"generator 'crystallm': space_groups need a composition to prompt with ({supports})", "space_groups"
+            )
+
     def requests(self, num_samples: int, conditions: GenerationConditions | None, seed: int) -> list[Request]:
         """The ``num_samples`` prompts of a :meth:`generate` call (rules 1–2 of the module docstring)."""
         cfg: CrystaLLMConfig = self.config  # type: ignore[assignment]
         cond = conditions or GenerationConditions()
-        if cond.chemical_system is not None and cond.composition is None:
-            raise ConfigError(
-                "generator 'crystallm': conditions.chemical_system is not supported; CrystaLLM is prompted with a "
-                "composition (conditions.composition) or nothing"
-            )
+        self.check_conditions(cond, cfg)
         text = cond.composition if cond.composition is not None else cfg.composition
         z_choices = _ints(cond.formula_units, "formula_units", 1, 10_000) if cond.formula_units else cfg.formula_units
         sg_raw = cond.space_groups if cond.space_groups is not None else cfg.space_groups
@@ -490,6 +520,13 @@ class CrystaLLMGenerator(Generator):
 
         ``seed=None`` draws a fresh 32-bit seed (recorded in ids and ``info``).
         """
+        return self.generate_detailed(num_samples, conditions, seed=seed).batch
+
+    def generate_detailed(
+        self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
+    ) -> GenerationResult:
+        """:meth:`generate`'s crystals plus one :class:`RejectedSample` per sample left out, with the
+        check it failed (``"parse: ..."``, ``"bond_length: ..."``, ``"min_distance: ..."``, ...)."""
         cfg: CrystaLLMConfig = self.config  # type: ignore[assignment]
         if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer) or num_samples < 0:
             raise ConfigError(f"generator 'crystallm': num_samples must be a non-negative integer, got {num_samples!r}")
@@ -501,12 +538,17 @@ class CrystaLLMGenerator(Generator):
         requests = self.requests(int(num_samples), conditions, seed)
         if not requests:
             self.last_report = GenerationReport()
-            return CrystalBatch.empty()
+            return GenerationResult(CrystalBatch.empty(), [])
         samples = self.sample(requests, seed=seed)
         keep = [k for k, s in enumerate(samples) if s.check.valid]
+        rejected = [
+            RejectedSample(k, s.check.reason or "failed the CIF checks")
+            for k, s in enumerate(samples)
+            if not s.check.valid
+        ]
         if not keep:
             self._log(seed)
-            return CrystalBatch.empty()
+            return GenerationResult(CrystalBatch.empty(), rejected)
         batch = CrystalBatch.from_structures(
             [samples[k].check.structure for k in keep], ids=[f"crystallm-{seed}-{k}" for k in keep]
         )
@@ -517,9 +559,11 @@ class CrystaLLMGenerator(Generator):
             ok = [i for i, why in enumerate(reasons) if why is None]
             self.last_report.failures["min_distance"] = len(close)
             self.last_report.num_valid -= len(close)
+            rejected += [RejectedSample(keep[i], f"min_distance: {reasons[i]}") for i in close]
+            rejected.sort(key=lambda r: r.sample)
             batch = batch.select(ok) if ok else CrystalBatch.empty()
         self._log(seed)
-        return batch.to(self.device) if len(batch) else batch
+        return GenerationResult(batch.to(self.device) if len(batch) else batch, rejected)
 
     def _info(self, s: Sample, seed: int, k: int) -> dict[str, Any]:
         r = s.request

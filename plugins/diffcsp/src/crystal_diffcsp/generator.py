@@ -9,20 +9,26 @@ Sampling rules:
    ``Z`` formula units, ``Z`` drawn uniformly (seeded) from ``formula_units`` for each sample.
    ``mode="ab_initio"`` takes no composition: the atom count of each sample is drawn from the
    training histogram stored with the weights, the types are denoised with the structure.
-2. **Unsupported conditions** raise :class:`~crystal.errors.ConfigError`: space groups (DiffCSP
-   has no symmetry conditioning), chemical systems, and a composition or formula units in ab
-   initio mode. Elements the weights were not trained on raise too (their embeddings are untrained).
+2. **Unsupported conditions** raise :class:`~crystal.components.ConditionError` (a
+   :class:`~crystal.errors.ConfigError` naming the field): space groups (DiffCSP has no symmetry
+   conditioning), chemical systems, and a composition or formula units in ab initio mode.
+   Elements the weights were not trained on raise too (their embeddings are untrained).
+   :meth:`DiffCSPGenerator.check_conditions` checks all of this without loading the model (the
+   elements of the named weights are listed in :data:`WEIGHTS_ELEMENTS`), so ``crystal validate``
+   catches it.
 3. **Batching.** Up to ``batch_size`` crystals are denoised together as one batch on the device;
    chunk ``c`` draws its noise from a generator seeded with ``(seed, c)``, so a call is
    reproducible for its seed, ``num_samples`` and config.
 4. **Validity.** Crystals with NaN/inf values, a degenerate cell or atoms closer than
-   ``min_distance`` (periodic images included) are left out (``B < num_samples``) and counted in
-   a warning, as the Generator contract asks.
+   ``min_distance`` (periodic images included) are left out (``B < num_samples``), each with its
+   reason in :meth:`DiffCSPGenerator.generate_detailed` (a pipeline turns them into failure rows
+   and samples again; :func:`crystal.generation.generate_valid`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -32,12 +38,26 @@ import torch
 from pydantic import Field, field_validator
 
 from crystal.batch import CrystalBatch
-from crystal.components import ComponentConfig, GenerationConditions, Generator
+from crystal.components import (
+    ComponentConfig,
+    ConditionError,
+    GenerationConditions,
+    GenerationResult,
+    Generator,
+    RejectedSample,
+)
 from crystal.elements import SYMBOLS, atomic_number, parse_formula
 from crystal.errors import ConfigError
 from crystal.manifest import NamedWeights, WeightsManifest
 
-__all__ = ["DEFAULT_COMPOSITIONS", "DEFAULT_WEIGHTS", "DiffCSPConfig", "DiffCSPGenerator", "parse_composition"]
+__all__ = [
+    "DEFAULT_COMPOSITIONS",
+    "DEFAULT_WEIGHTS",
+    "WEIGHTS_ELEMENTS",
+    "DiffCSPConfig",
+    "DiffCSPGenerator",
+    "parse_composition",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +120,16 @@ WEIGHTS = NamedWeights(
 DEFAULT_WEIGHTS: dict[str, str | None] = {"csp": "diffcsp-perov5-csp", "ab_initio": None}
 #: composition used in csp mode when neither the conditions nor the config give one (named weights only)
 DEFAULT_COMPOSITIONS: dict[str, str] = {"diffcsp-perov5-csp": "SrTiO3", "diffcsp-carbon24-csp": "C8"}
+_PEROV5_ELEMENTS = (
+    "Li Be B N O F Na Mg Al Si S K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As Rb Sr Y Zr Nb Mo Ru Rh Pd Ag Cd In Sn "
+    "Sb Te Cs Ba La Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi"
+)
+#: the elements each named weights were trained on, by atomic number (read without loading the
+#: weights by check_conditions; a test compares them with the weights' own config)
+WEIGHTS_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "diffcsp-perov5-csp": tuple(_PEROV5_ELEMENTS.split()),
+    "diffcsp-carbon24-csp": ("C",),
+}
 
 
 def parse_composition(text: str, where: str = "composition") -> list[tuple[int, int]]:
@@ -226,18 +256,81 @@ class DiffCSPGenerator(Generator):
         return (name,) if name else ()
 
     # ---------------------------------------------------------------- requests
+    @classmethod
+    def check_conditions(
+        cls, conditions: GenerationConditions, config: ComponentConfig | Mapping[str, Any] | None = None
+    ) -> None:
+        """Raise :class:`ConditionError` for what DiffCSP cannot honour with ``config`` (rule 2),
+        without loading a model: space groups and chemical systems always; a composition or
+        formula units in ab initio mode; in csp mode no composition anywhere, a composition with
+        elements the named weights were not trained on (:data:`WEIGHTS_ELEMENTS`; a checkpoint's
+        elements are checked when it is loaded), or more than 100 atoms per cell."""
+        cfg = config if isinstance(config, DiffCSPConfig) else cls.make_config(config)
+        assert isinstance(cfg, DiffCSPConfig)
+        where = "generator 'diffcsp'"
+        named = None if cfg.checkpoint is not None else cfg.weights or DEFAULT_WEIGHTS[cfg.mode]
+        trained = WEIGHTS_ELEMENTS.get(named or "", ())
+        supports = (
+            "it supports composition and formula_units (mode 'csp')"
+            if cfg.mode == "csp"
+            else "it supports no condition in mode 'ab_initio' (the composition is generated)"
+        )
+        if named and trained:
+            supports += f"; weights {named!r} know the elements {' '.join(trained)}"
+        if conditions.space_groups is not None:
+            raise ConditionError(
+                f"{where}: conditions.space_groups is not supported: DiffCSP has no space-group conditioning "
+                f"({supports}; use the 'pyxtal' generator for symmetry-constrained crystals)",
+                "space_groups",
+            )
+        if conditions.chemical_system is not None:
+            raise ConditionError(
+                f"{where}: conditions.chemical_system is not supported: DiffCSP cannot draw compositions from a "
+                f"chemical system ({supports}); give a composition instead",
+                "chemical_system",
+            )
+        if cfg.mode == "ab_initio":
+            for name in ("composition", "formula_units"):
+                if getattr(conditions, name) is not None:
+                    raise ConditionError(
+                        f"{where}: mode 'ab_initio' generates the composition; conditions.{name} needs mode 'csp'",
+                        name,
+                    )
+            return
+        text = conditions.composition if conditions.composition is not None else cfg.composition
+        if text is None and named is not None:
+            text = DEFAULT_COMPOSITIONS.get(named)
+        if text is None:
+            if cfg.checkpoint is not None:
+                return  # a checkpoint's own default is known once it is loaded (_plan)
+            raise ConditionError(
+                f"{where}: mode 'csp' needs a composition (conditions.composition or config composition)",
+                "composition",
+            )
+        field = "composition" if conditions.composition is not None else None
+        formula = parse_composition(text, "conditions.composition" if field else "composition")
+        unknown = [SYMBOLS[z - 1] for z in sorted({z for z, _ in formula}) if trained and SYMBOLS[z - 1] not in trained]
+        if unknown:
+            raise ConditionError(
+                f"{where}: composition {text!r} contains {', '.join(unknown)}, outside the elements weights "
+                f"{named!r} were trained on ({' '.join(trained)})",
+                field,
+            )
+        zs = tuple(conditions.formula_units) if conditions.formula_units is not None else cfg.formula_units
+        per_formula = sum(n for _, n in formula)
+        too_big = [z for z in zs if z * per_formula > 100]
+        if too_big:
+            raise ConditionError(
+                f"{where}: formula_units {too_big} give more than 100 atoms per cell for {text!r}",
+                "formula_units" if conditions.formula_units is not None else None,
+            )
+
     def _plan(self, num_samples: int, conditions: GenerationConditions | None, rng: np.random.Generator) -> Any:
         """Per-sample atomic numbers (csp) or atom counts (ab initio)."""
         cfg: DiffCSPConfig = self.config  # type: ignore[assignment]
         cond = conditions or GenerationConditions()
         where = "generator 'diffcsp'"
-        if cond.space_groups is not None:
-            raise ConfigError(
-                f"{where}: conditions.space_groups is not supported: DiffCSP has no space-group conditioning "
-                "(use the 'pyxtal' generator for symmetry-constrained crystals)"
-            )
-        if cond.chemical_system is not None:
-            raise ConfigError(f"{where}: conditions.chemical_system is not supported; give a composition (mode 'csp')")
+        self.check_conditions(cond, cfg)
         if cfg.mode == "ab_initio":
             if cond.composition is not None or cond.formula_units is not None:
                 raise ConfigError(
@@ -273,6 +366,13 @@ class DiffCSPGenerator(Generator):
         self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
     ) -> CrystalBatch:
         """Up to ``num_samples`` crystals, reproducible for ``seed`` (``None`` draws one, recorded in ids)."""
+        return self.generate_detailed(num_samples, conditions, seed=seed).batch
+
+    def generate_detailed(
+        self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
+    ) -> GenerationResult:
+        """:meth:`generate`'s crystals plus one :class:`RejectedSample` (slot, reason) per crystal left
+        out as invalid (rule 4)."""
         if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer) or num_samples < 0:
             raise ConfigError(f"generator 'diffcsp': num_samples must be a non-negative integer, got {num_samples!r}")
         if seed is None:
@@ -282,7 +382,7 @@ class DiffCSPGenerator(Generator):
         seed = int(seed)
         plan = self._plan(int(num_samples), conditions, np.random.default_rng([seed, 0]))
         if num_samples == 0:
-            return CrystalBatch.empty()
+            return GenerationResult(CrystalBatch.empty(), [])
         cfg: DiffCSPConfig = self.config  # type: ignore[assignment]
         out: list[CrystalBatch] = []
         for chunk, start in enumerate(range(0, int(num_samples), cfg.batch_size)):
@@ -334,17 +434,17 @@ class DiffCSPGenerator(Generator):
         batch = CrystalBatch.concat(out)
         reasons = batch.validate(min_distance=cfg.min_distance)
         keep = [i for i, r in enumerate(reasons) if r is None]
-        if len(keep) < len(batch):
-            dropped = [r for r in reasons if r is not None]
-            log.warning(
+        rejected = [RejectedSample(k, r) for k, r in enumerate(reasons) if r is not None]
+        if rejected:
+            log.info(
                 "diffcsp: left out %d of %d crystals (seed %d) as invalid, e.g. %s",
-                len(dropped),
+                len(rejected),
                 len(batch),
                 seed,
-                dropped[0],
+                rejected[0].reason,
             )
             batch = batch.select(torch.tensor(keep, dtype=torch.long, device=batch.device))
-        return batch
+        return GenerationResult(batch, rejected)
 
     def generate_all(self, atomic_numbers: torch.Tensor, num_atoms: torch.Tensor, *, seed: int = 0) -> CrystalBatch:
         """Crystal structure prediction for many compositions at once, nothing left out.

@@ -18,14 +18,18 @@ Sampling rules:
    ``guidance_factor`` γ mixes the unconditional and conditional outputs as
    ``uncond + γ (cond - uncond)`` (reference default for property targets: 2.0). A composition
    or formula units cannot be honoured (MatterGen's CSP variant is not released): they raise.
+   :meth:`MatterGenGenerator.check_conditions` checks all this without loading (or downloading)
+   the weights, from the conditions each named checkpoint was fine-tuned on (:data:`RELEASED`).
 4. **Batching.** Up to ``batch_size`` crystals are denoised together; chunk ``c`` draws its noise
    from a generator seeded with ``(seed, c)``, so a call is reproducible for its seed,
    ``num_samples`` and config.
 5. **Validity.** A sample with a leftover mask type, NaN/inf values, a degenerate cell, atoms
    closer than ``min_distance`` (periodic images included) or a cell volume per atom above
    ``max_volume_per_atom`` is left out of the batch (the
-   Generator contract forbids invalid geometry) and reported: one row per rejected sample
-   (id, sample index, reason) in :attr:`MatterGenGenerator.last_report` and a warning.
+   Generator contract forbids invalid geometry) and reported: one :class:`RejectedSample` per
+   rejected sample (slot, reason) from :meth:`MatterGenGenerator.generate_detailed` (a pipeline
+   makes them failure rows and samples again), and rows (id, sample index, reason) in
+   :attr:`MatterGenGenerator.last_report`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -43,7 +48,14 @@ import torch
 from pydantic import Field, field_validator
 
 from crystal.batch import CrystalBatch
-from crystal.components import ComponentConfig, GenerationConditions, Generator
+from crystal.components import (
+    ComponentConfig,
+    ConditionError,
+    GenerationConditions,
+    GenerationResult,
+    Generator,
+    RejectedSample,
+)
 from crystal.elements import atomic_number
 from crystal.errors import ConfigError
 from crystal.manifest import NamedWeights, WeightsManifest
@@ -360,6 +372,47 @@ class MatterGenGenerator(Generator):
         for prop in cfg.properties:
             self._require(prop)
 
+    @classmethod
+    def check_conditions(
+        cls, conditions: GenerationConditions, config: ComponentConfig | Mapping[str, Any] | None = None
+    ) -> None:
+        """Raise :class:`ConditionError` for what MatterGen cannot honour (rule 3), without loading
+        the weights: a composition or formula units always; a chemical system, space groups or a
+        config property that the named weights were not fine-tuned on (:data:`RELEASED`; the demo
+        is unconditional; a ``checkpoint``'s conditions are checked when it is loaded)."""
+        cfg = config if isinstance(config, MatterGenConfig) else cls.make_config(config)
+        assert isinstance(cfg, MatterGenConfig)
+        where = "generator 'mattergen'"
+        for name in ("composition", "formula_units"):
+            if getattr(conditions, name) is not None:
+                raise ConditionError(
+                    f"{where}: conditions.{name} is not supported (MatterGen generates the composition; it supports "
+                    "chemical_system and space_groups with weights fine-tuned on them)",
+                    name,
+                )
+        if cfg.checkpoint is not None:
+            return
+        weights = cfg.weights or DEFAULT_WEIGHTS
+        known = RELEASED[weights][3] if weights in RELEASED else ()
+        wanted: list[tuple[str | None, str]] = [
+            (f, prop)
+            for f, prop, given in (
+                ("chemical_system", "chemical_system", conditions.chemical_system or cfg.chemical_system),
+                ("space_groups", "space_group", conditions.space_groups or cfg.space_group),
+            )
+            if given is not None
+        ]
+        wanted += [(None, prop) for prop in cfg.properties]
+        for f, prop in wanted:
+            if prop not in known:
+                have = ", ".join(known) if known else "none (unconditional model)"
+                options = [n for n, r in RELEASED.items() if prop in r[3]]
+                hint = f"; weights conditioned on it: {', '.join(options)}" if options else ""
+                raise ConditionError(
+                    f"{where}: weights {weights!r} cannot condition on {prop!r} (their conditions: {have}){hint}",
+                    f if f is not None and getattr(conditions, f) is not None else None,
+                )
+
     def _plan(
         self, num_samples: int, conditions: GenerationConditions | None, rng: np.random.Generator
     ) -> dict[str, list[Any]]:
@@ -367,6 +420,7 @@ class MatterGenGenerator(Generator):
         cfg: MatterGenConfig = self.config  # type: ignore[assignment]
         cond = conditions or GenerationConditions()
         where = "generator 'mattergen'"
+        self.check_conditions(cond, cfg)
         if cond.composition is not None or cond.formula_units is not None:
             raise ConfigError(
                 f"{where}: conditions.composition/formula_units are not supported (MatterGen generates the "
@@ -414,6 +468,12 @@ class MatterGenGenerator(Generator):
         self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
     ) -> CrystalBatch:
         """Up to ``num_samples`` crystals, reproducible for ``seed`` (``None`` draws one, recorded in ids)."""
+        return self.generate_detailed(num_samples, conditions, seed=seed).batch
+
+    def generate_detailed(
+        self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
+    ) -> GenerationResult:
+        """:meth:`generate`'s crystals plus one :class:`RejectedSample` per sample left out (rule 5)."""
         from crystal_mattergen.diffusion import GeneratorNoise
         from crystal_mattergen.model import ALEX_MP_20_NUM_ATOMS
         from crystal_mattergen.sampler import GuidedScore
@@ -431,7 +491,7 @@ class MatterGenGenerator(Generator):
         plan = self._plan(num_samples, conditions, np.random.default_rng([seed, 0]))
         self.last_report = report = GenerationReport()
         if num_samples == 0:
-            return CrystalBatch.empty()
+            return GenerationResult(CrystalBatch.empty(), [])
         t0 = time.perf_counter()
         sampler = self._sampler()
         if cfg.num_atoms_distribution == "alex_mp_20":
@@ -482,7 +542,7 @@ class MatterGenGenerator(Generator):
         report.rejected = rejected
         report.seconds = time.perf_counter() - t0
         if rejected:
-            log.warning(
+            log.info(
                 "mattergen: rejected %d of %d samples (seed %d), e.g. %s: %s; rows in last_report.rejected",
                 len(rejected),
                 num_samples,
@@ -492,7 +552,7 @@ class MatterGenGenerator(Generator):
             )
         if len(keep) < len(batch):
             batch = batch.select(torch.tensor(keep, dtype=torch.long, device=batch.device))
-        return batch
+        return GenerationResult(batch, [RejectedSample(int(r["sample"]), str(r["reason"])) for r in rejected])
 
     def _to_batch(
         self, state: Any, seed: int, start: int, plan: dict[str, list[Any]], steps: int

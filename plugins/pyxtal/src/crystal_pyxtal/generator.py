@@ -28,7 +28,14 @@ Sampling rules (one *sample slot* ``k = 0 … num_samples-1`` per requested crys
 5. **Placement.** Up to ``max_attempts_per_sample`` pyxtal placements of that choice;
    a candidate is rejected when pyxtal fails, or when it has NaN/inf values or two atoms
    (periodic images included) closer than ``min_distance``. A slot whose attempts all fail
-   is left out (``B < num_samples``) and a warning names the formula, ``Z`` and group.
+   is left out (``B < num_samples``); :meth:`PyXtalGenerator.generate_detailed` gives it a
+   reason naming the formula, ``Z``, group and the placement errors (a pipeline makes it a
+   failure row and samples again).
+6. **Checks before running.** :meth:`PyXtalGenerator.check_conditions` (what ``crystal
+   validate`` calls) checks the request without building space groups (that takes seconds):
+   elements, a composition inside the chemical system, integer ranges, ``max_atoms`` against the
+   smallest ``Z`` and the candidate limit; whether the Wyckoff positions can hold the counts is
+   checked when the generator plans the first call.
 
 Reproducibility: the choice of slot ``k`` uses ``numpy.random.default_rng([seed, k, 0])``
 and its attempt ``a`` uses ``default_rng([seed, k, 1, a])`` (pyxtal draws only from the
@@ -43,7 +50,7 @@ import itertools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -54,7 +61,14 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from crystal.batch import CrystalBatch
-from crystal.components import ComponentConfig, GenerationConditions, Generator
+from crystal.components import (
+    ComponentConfig,
+    ConditionError,
+    GenerationConditions,
+    GenerationResult,
+    Generator,
+    RejectedSample,
+)
 from crystal.elements import SYMBOLS, parse_formula
 from crystal.errors import ConfigError
 from crystal.symmetry import CRYSTAL_SYSTEMS, crystal_system
@@ -392,6 +406,65 @@ class PyXtalGenerator(Generator):
     config: PyXtalConfig
 
     # ---------------------------------------------------------------- request resolution
+    @classmethod
+    def check_conditions(
+        cls, conditions: GenerationConditions, config: ComponentConfig | Mapping[str, Any] | None = None
+    ) -> None:
+        """Raise :class:`ConditionError` for a request PyXtal cannot build (rule 6), cheaply: no
+        space group is built. Checks elements, a composition inside a chemical system, formula
+        units and space groups in range, ``max_atoms`` against the smallest ``Z`` and the number of
+        candidate formulas of a chemical system."""
+        cfg = config if isinstance(config, PyXtalConfig) else cls.make_config(config)
+        assert isinstance(cfg, PyXtalConfig)
+        field = "composition" if conditions.composition is not None else None
+        if field is None and conditions.chemical_system is not None:
+            field = "chemical_system"
+        try:
+            zs = _check_ints(
+                conditions.formula_units if conditions.formula_units is not None else cfg.formula_units,
+                "formula_units",
+                1,
+                64,
+            )
+            if conditions.space_groups is not None:
+                _check_ints(conditions.space_groups, "space_groups", 1, 230)
+            if conditions.composition is not None or conditions.chemical_system is not None:
+                composition, system_raw = conditions.composition, conditions.chemical_system
+            elif cfg.composition is not None or cfg.chemical_system is not None:
+                composition, system_raw = cfg.composition, cfg.chemical_system
+            else:
+                composition, system_raw = DEFAULT_COMPOSITION, None
+            system = None if system_raw is None else parse_chemical_system(system_raw)
+            if composition is not None:
+                formula = parse_composition(composition)
+                if system is not None:
+                    _check_subset(formula, system)
+                if min(zs) * formula.num_atoms > cfg.max_atoms:
+                    raise ConditionError(
+                        f"generator 'pyxtal': composition {formula} has {formula.num_atoms} atoms per formula unit; "
+                        f"the smallest allowed Z={min(zs)} gives {min(zs) * formula.num_atoms} atoms > "
+                        f"max_atoms={cfg.max_atoms}",
+                        field if conditions.formula_units is None else "formula_units",
+                    )
+            elif system is not None:
+                ms = cfg.max_stoichiometry
+                if ms ** len(system) > MAX_CANDIDATES:
+                    raise ConditionError(
+                        f"generator 'pyxtal': chemical system {'-'.join(system)} with max_stoichiometry={ms} has "
+                        f"{ms ** len(system)} candidate formulas (limit {MAX_CANDIDATES}); lower max_stoichiometry",
+                        field,
+                    )
+                if len(system) * min(zs) > cfg.max_atoms:
+                    raise ConditionError(
+                        f"generator 'pyxtal': chemical system {'-'.join(system)}: a formula unit with every element "
+                        f"has at least {len(system)} atoms; Z={min(zs)} exceeds max_atoms={cfg.max_atoms}",
+                        field,
+                    )
+        except ConditionError:
+            raise
+        except ConfigError as exc:
+            raise ConditionError(str(exc), field) from None
+
     def plan(self, conditions: GenerationConditions | None = None) -> _Plan:
         """Resolve config + conditions into candidate formulas, Z values and groups.
 
@@ -404,6 +477,7 @@ class PyXtalGenerator(Generator):
                 f"generator 'pyxtal': conditions must be crystal.GenerationConditions, got {type(conditions).__name__}"
             )
         cond = conditions or GenerationConditions()
+        self.check_conditions(cond, cfg)
 
         formula_units = _check_ints(
             cond.formula_units if cond.formula_units is not None else cfg.formula_units, "formula_units", 1, 64
@@ -504,6 +578,13 @@ class PyXtalGenerator(Generator):
 
         ``seed=None`` draws a fresh 32-bit seed (recorded in ids and ``info``).
         """
+        return self.generate_detailed(num_samples, conditions, seed=seed).batch
+
+    def generate_detailed(
+        self, num_samples: int, conditions: GenerationConditions | None = None, *, seed: int | None = None
+    ) -> GenerationResult:
+        """:meth:`generate`'s crystals plus one :class:`RejectedSample` per slot whose placements all
+        failed (the formula, ``Z``, group, attempts and the placement errors)."""
         if isinstance(num_samples, bool) or not isinstance(num_samples, int | np.integer) or num_samples < 0:
             raise ConfigError(f"generator 'pyxtal': num_samples must be a non-negative integer, got {num_samples!r}")
         if seed is None:
@@ -513,10 +594,11 @@ class PyXtalGenerator(Generator):
         seed = int(seed)
         plan = self.plan(conditions)
         if num_samples == 0:
-            return CrystalBatch.empty()
+            return GenerationResult(CrystalBatch.empty(), [])
 
         cfg = self.config
         made: list[CrystalBatch] = []
+        rejected: list[RejectedSample] = []
         failures: dict[_Choice, tuple[int, set[str]]] = {}
         with warnings.catch_warnings(), _fast_pyxtal():
             warnings.simplefilter("ignore")  # pyxtal warns on every volume increase
@@ -554,13 +636,20 @@ class PyXtalGenerator(Generator):
                 else:
                     n_prev, r_prev = failures.get(choice, (0, set()))
                     failures[choice] = (n_prev + 1, r_prev | reasons)
+                    rejected.append(
+                        RejectedSample(
+                            k,
+                            f"{choice.formula} (Z={choice.z}) in {_sg_label(choice.space_group)}: no valid placement "
+                            f"in {cfg.max_attempts_per_sample} attempts ({_summarise(reasons)})",
+                        )
+                    )
 
         if failures:
             parts = [
                 f"{c.formula} (Z={c.z}) in {_sg_label(c.space_group)} ×{n}: {_summarise(r)}"
                 for c, (n, r) in failures.items()
             ]
-            log.warning(
+            log.info(
                 "pyxtal: generated %d of %d crystals (seed %d); these failed after %d attempts each: %s. "
                 "Try more max_attempts_per_sample, another volume_factor/min_distance or other space groups.",
                 len(made),
@@ -569,7 +658,7 @@ class PyXtalGenerator(Generator):
                 cfg.max_attempts_per_sample,
                 " | ".join(parts),
             )
-        return CrystalBatch.concat(made) if made else CrystalBatch.empty()
+        return GenerationResult(CrystalBatch.concat(made) if made else CrystalBatch.empty(), rejected)
 
     def _attempt(self, choice: _Choice, rng: np.random.Generator) -> tuple[CrystalBatch | None, str | None]:
         """One pyxtal placement of ``choice``; ``(crystal, None)`` or ``(None, reason)``."""

@@ -125,23 +125,99 @@ def assert_forces_match_finite_differences(
 
 
 def assert_stress_matches_finite_differences(
-    potential: Potential, batch: CrystalBatch, *, delta: float = 1e-5, atol: float = 1e-5
+    potential: Potential,
+    batch: CrystalBatch,
+    *,
+    delta: float = 1e-5,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
 ) -> None:
-    """Stress equals ``(1/V) ∂E/∂ε`` by central differences over symmetric strains (float64)."""
+    """Stress equals ``σ = (1/V) ∂E/∂ε`` by central differences over symmetric strains (float64).
+
+    Every independent component ``(i, j)`` of a symmetric strain ``ε`` (``ε_ij = ε_ji = δ/2``
+    off the diagonal, ``δ`` on it) is applied to the cell and, through the fractional
+    coordinates, to the positions (``L' = L (I ± ε)``); the energies of the ``6 · 2 · B``
+    strained crystals are evaluated in one batch and ``(E₊ − E₋) / (2 δ V)`` is compared with
+    the potential's stress, component by component, within ``atol + rtol · |σ_fd|`` (eV/Å³).
+
+    The error message states crystal's convention (eV/Å³, ASE sign, total energy over the
+    volume) and, when the potential's stress is a multiple of the finite differences, names the
+    likely mistake (flipped sign, divided by the atom count, GPa, the virial ``-V σ``, ...).
+    Use a strained, non-cubic cell (as :func:`crystal.testing.contracts.check_potential` does):
+    at an equilibrium the stress is near zero and a wrong sign or scale goes unnoticed.
+    """
     batch = batch.to(dtype=torch.float64)
+    if len(batch) == 0:
+        return
     stress = potential.compute(batch, forces=False, stress=True).stress
-    assert stress is not None
-    vol = batch.volumes
-    for i in range(3):
-        for j in range(i, 3):
-            eps = torch.zeros((3, 3), dtype=torch.float64, device=batch.device)
-            eps[i, j] = eps[j, i] = delta / 2 if i != j else delta
-            energies = []
-            for sign in (1.0, -1.0):
-                deform = torch.eye(3, dtype=torch.float64, device=batch.device) + sign * eps
-                energies.append(potential.energy(batch.with_positions(batch.frac_coords, batch.lattices @ deform)))
-            fd = (energies[0] - energies[1]) / (2 * delta) / vol
-            assert_close(stress[:, i, j], fd, atol, 1e-3, f"stress component ({i}, {j})")
+    assert stress is not None, f"potential {potential.name!r} returned no stress when asked for it"
+    device, B = batch.device, len(batch)
+    eye = torch.eye(3, dtype=torch.float64, device=device)
+    comps = [(i, j) for i in range(3) for j in range(i, 3)]
+    strained = []
+    for i, j in comps:
+        eps = torch.zeros((3, 3), dtype=torch.float64, device=device)
+        eps[i, j] = eps[j, i] = delta / 2 if i != j else delta
+        for sign in (1.0, -1.0):
+            strained.append(batch.with_positions(batch.frac_coords, batch.lattices @ (eye + sign * eps)))
+    energies = potential.energy(CrystalBatch.concat(strained)).detach().double().reshape(len(comps), 2, B)
+    vol = batch.volumes.detach().double()
+    fd = torch.zeros((B, 3, 3), dtype=torch.float64, device=device)
+    for k, (i, j) in enumerate(comps):
+        fd[:, i, j] = fd[:, j, i] = (energies[k, 0] - energies[k, 1]) / (2 * delta) / vol
+    got = stress.detach().double().to(device)
+    bad = (got - fd).abs() > atol + rtol * fd.abs()
+    if not bool(bad.any()):
+        return
+    b, i, j = (int(x) for x in bad.nonzero()[0])
+    dev = float((got - fd).abs().max())
+    hint = _stress_hint(got, fd, batch.num_atoms.to(torch.float64), vol, atol)
+    raise AssertionError(
+        f"stress of potential {potential.name!r} does not match finite differences of its energy under strain: "
+        f"max deviation {dev:.3e} eV/Å³ exceeds atol={atol:g} + rtol={rtol:g}·|σ_fd|; e.g. crystal "
+        f"{batch.ids[b]!r} ({int(batch.num_atoms[b])} atoms, V = {float(vol[b]):.4g} Å³), component ({i}, {j}): "
+        f"stress {float(got[b, i, j]):.6g}, (1/V) ∂E/∂ε {float(fd[b, i, j]):.6g} eV/Å³.{hint} {STRESS_CONVENTION}"
+    )
+
+
+#: crystal's stress convention, as the stress checks state it
+STRESS_CONVENTION = (
+    "crystal's convention (crystal.PotentialOutput.stress): σ = (1/V) ∂E/∂ε in eV/Å³, the derivative of the total "
+    "energy E (eV) with respect to a symmetric strain ε of cell and positions, divided by the cell volume V (Å³), "
+    "ASE sign (positive = tensile: the cell wants to shrink); not GPa, not per atom, not the virial −V σ."
+)
+
+_GPA = 160.21766208  # GPa per eV/Å³
+
+
+def _stress_hint(got: torch.Tensor, fd: torch.Tensor, num_atoms: torch.Tensor, vol: torch.Tensor, atol: float) -> str:
+    """A likely mistake when ``got`` is, crystal by crystal, a known multiple of ``fd``; else ''."""
+    ratios = []
+    for b in range(len(fd)):
+        norm2 = float((fd[b] * fd[b]).sum())
+        if norm2**0.5 <= 10 * atol:
+            continue  # too little stress to tell a scale
+        k = float((got[b] * fd[b]).sum()) / norm2
+        if float((got[b] - k * fd[b]).norm()) > 0.05 * abs(k) * norm2**0.5:
+            return ""  # not a multiple: no single explanation
+        ratios.append((b, k))
+    if not ratios:
+        return ""
+    suspects: list[tuple[str, Callable[[int], float]]] = [
+        ("its sign is flipped (compressive and tensile swapped)", lambda b: -1.0),
+        ("it is divided by the number of atoms (a per-atom stress)", lambda b: 1.0 / float(num_atoms[b])),
+        ("it is multiplied by the number of atoms", lambda b: float(num_atoms[b])),
+        ("it is not divided by the volume (∂E/∂ε, not (1/V) ∂E/∂ε)", lambda b: float(vol[b])),
+        ("it is the virial −V σ, not the stress", lambda b: -float(vol[b])),
+        ("it is divided by the volume twice", lambda b: 1.0 / float(vol[b])),
+        ("it is in GPa, not eV/Å³ (divide by 160.2)", lambda b: _GPA),
+        ("it is in kbar, not eV/Å³ (divide by 1602)", lambda b: 10 * _GPA),
+        ("it is in GPa with the sign flipped", lambda b: -_GPA),
+    ]
+    for text, factor in suspects:
+        if all(abs(k - factor(b)) <= 0.05 * abs(factor(b)) for b, k in ratios):
+            return f" The stress looks like the finite-difference stress × {ratios[0][1]:.4g}: {text}."
+    return ""
 
 
 # --------------------------------------------------------------------------- potentials

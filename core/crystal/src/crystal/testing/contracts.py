@@ -32,6 +32,7 @@ __all__ = [
     "check_potential",
     "check_representation",
     "sample_batch",
+    "strained_batch",
 ]
 
 
@@ -45,6 +46,20 @@ def sample_batch(dtype: torch.dtype = torch.float64) -> CrystalBatch:
     for k, atoms in enumerate((si, nacl, cu)):
         atoms.rattle(0.03, seed=k)
     return CrystalBatch.from_atoms([si, nacl, cu], ids=["Si", "NaCl", "Cu2"]).to(dtype=dtype)
+
+
+#: the deformation gradient of :func:`strained_batch`: 3 % stretch, 2-4 % compression and shears
+_STRAIN = ((1.03, 0.02, 0.0), (0.0, 0.96, 0.03), (0.01, 0.0, 0.98))
+
+
+def strained_batch(batch: CrystalBatch | None = None) -> CrystalBatch:
+    """``batch`` (default :func:`sample_batch`) with every cell deformed by a fixed deformation
+    gradient (a few percent of stretch, compression and shear; positions follow the cell): small
+    non-cubic cells under a stress of order 1 GPa, on which the stress check can see a wrong
+    sign or scale."""
+    batch = batch if batch is not None else sample_batch()
+    F = torch.tensor(_STRAIN, dtype=batch.dtype, device=batch.device)
+    return batch.with_positions(batch.frac_coords, batch.lattices @ F.T)
 
 
 def check_declarations(component: Component) -> None:
@@ -78,10 +93,23 @@ def check_potential(
     rtol: float = 1e-4,
     fd_delta: float = 1e-3,
     fd_atol: float = 1e-2,
+    stress_fd_delta: float = 1e-3,
+    stress_fd_atol: float = 2e-4,
+    stress_fd_rtol: float = 0.02,
 ) -> None:
     """Shapes, finiteness, batching, invariances (translation, permutation, left-handed
-    cells), rotation equivariance, extensivity and −∇E = F."""
-    from crystal.testing.checks import assert_forces_match_finite_differences
+    cells), rotation equivariance, extensivity, −∇E = F and σ = (1/V) ∂E/∂ε.
+
+    Forces are compared with central differences of the energy (``fd_delta`` Å, ``fd_atol``
+    eV/Å); the stress with central differences of the energy under symmetric strains
+    (``stress_fd_delta``, within ``stress_fd_atol`` eV/Å³ + ``stress_fd_rtol`` · |σ_fd|) on
+    :func:`strained_batch` of the crystals: cells deformed by a few percent so that they are
+    non-cubic and under stress (a wrong sign or scale cannot hide behind σ ≈ 0).
+    """
+    from crystal.testing.checks import (
+        assert_forces_match_finite_differences,
+        assert_stress_matches_finite_differences,
+    )
 
     batch = (batch or sample_batch()).to(pot.device)
     name = f"potential {pot.name!r}"
@@ -124,6 +152,12 @@ def check_potential(
     big = supercell(batch, (2, 1, 1))
     assert_close(pot.energy(big), 2 * out.energy, 2 * atol, rtol, f"{name}: extensivity under a 2x1x1 supercell")
     assert_forces_match_finite_differences(pot, batch, delta=fd_delta, atol=fd_atol, max_atoms=3)
+    try:
+        assert_stress_matches_finite_differences(
+            pot, strained_batch(batch), delta=stress_fd_delta, atol=stress_fd_atol, rtol=stress_fd_rtol
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{name}: {exc}") from None
 
 
 def check_generator(gen: Generator, num_samples: int = 3) -> None:
