@@ -204,6 +204,7 @@ def test_plugins_hooks_lists_datasets_and_metrics():
     assert "dcdft:" in r.stdout and "density [g/cm^3]" in r.stdout
 
 
+@pytest.mark.slow  # ~45 s; the same path (run_interruptible) runs by default in test_bad_inputs' SIGTERM test
 def test_ctrl_c_then_resume(tmp_path):
     """SIGINT during a run leaves an 'interrupted' manifest; --resume finishes the rest."""
     import os
@@ -222,6 +223,8 @@ def test_ctrl_c_then_resume(tmp_path):
         "pipeline.chunk_size=2",
         "--set",
         "relax.max_steps=60",
+        "--set",
+        "hull.max_steps=20",  # as test_default_pipeline_small: the reference energies are cached once
         "--run-dir",
         str(out),
         "--quiet",

@@ -97,7 +97,10 @@ def test_generation_on_perov5_structures(shared_data, tmp_path):
     assert g["novel_fraction"] == 0.0 and g["unique_fraction"] == 1.0
 
 
-def test_bad_inputs_exit_2_with_a_clear_message(tmp_path):
+def test_bad_inputs_exit_2_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    from crystal_cli.main import main
+
+    monkeypatch.chdir(tmp_path)  # in-process: the default output directory would be under the cwd
     good = tmp_path / "g.json"
     good.write_text("[]")
     cases = [
@@ -115,7 +118,8 @@ def test_bad_inputs_exit_2_with_a_clear_message(tmp_path):
         (["evaluate", str(good), "--task", "csp", "--reference", str(good)], "no readable structure"),
     ]
     for args, message in cases:
-        r = crystal_cli(*args, cwd=tmp_path)
-        assert r.returncode == 2, (args, r.stdout, r.stderr)
-        assert message in r.stderr, (args, r.stderr)
-    assert not list(tmp_path.glob("*.metrics.json"))  # nothing is written on bad input
+        code = main(args)
+        out = capsys.readouterr()
+        assert code == 2, (args, out.out, out.err)
+        assert message in out.err, (args, out.err)
+    assert not list(tmp_path.glob("*.metrics.json")) and not (tmp_path / "runs").exists()  # nothing written

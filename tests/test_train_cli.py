@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from support import crystal_cli
@@ -26,11 +27,21 @@ def small_csv(tmp_path: Path, shared_data: Path) -> Path:
     return path
 
 
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> SimpleNamespace:
+    """``crystal ARGS`` in this process, with the fields of a ``CompletedProcess``."""
+    from crystal_cli.main import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
 def _read(path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open()))
 
 
-def test_train_predict_resume(tmp_path: Path, small_csv: Path) -> None:
+def test_train_predict_resume(tmp_path: Path, small_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process (`crystal_cli.main.main`): seven commands, no interpreter start-up each."""
     out = tmp_path / "run"
     args = [
         "train",
@@ -49,7 +60,7 @@ def test_train_predict_resume(tmp_path: Path, small_csv: Path) -> None:
         str(out),
         "--quiet",
     ]
-    r = crystal_cli(*args, "--epochs", "2")
+    r = _cli(capsys, *args, "--epochs", "2")
     assert r.returncode == 0, r.stderr
     for name in (
         "model.pt",
@@ -69,7 +80,8 @@ def test_train_predict_resume(tmp_path: Path, small_csv: Path) -> None:
     assert summary["sha256"] in (out / "model-card.md").read_text()
     assert len(_read(out / "metrics.csv")) == 2
     # the trained model through `crystal predict` gives the run's own test predictions
-    r = crystal_cli(
+    r = _cli(
+        capsys,
         "predict",
         str(small_csv),
         "-e",
@@ -88,19 +100,19 @@ def test_train_predict_resume(tmp_path: Path, small_csv: Path) -> None:
     assert pred.keys() == train_pred.keys()
     assert max(abs(pred[k] - train_pred[k]) for k in pred) < 1e-5
     # an existing run is not overwritten; --resume continues it
-    r = crystal_cli(*args, "--epochs", "2")
+    r = _cli(capsys, *args, "--epochs", "2")
     assert r.returncode == 2 and "already holds a run" in r.stderr
-    r = crystal_cli(*args, "--epochs", "3", "--resume")
+    r = _cli(capsys, *args, "--epochs", "3", "--resume")
     assert r.returncode == 2 and "max_epochs, which the onecycle schedule depends on" in r.stderr
     args += ["--set", "optim.scheduler='none'"]
-    r = crystal_cli(*args, "--epochs", "2", "-o", str(tmp_path / "flat"))
+    r = _cli(capsys, *args, "--epochs", "2", "-o", str(tmp_path / "flat"))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "flat"
-    r = crystal_cli(*args, "--epochs", "3", "--resume", "-o", str(out))
+    r = _cli(capsys, *args, "--epochs", "3", "--resume", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert [row["epoch"] for row in _read(out / "metrics.csv")] == ["3"]  # a resumed run logs its new epochs
     assert json.loads((out / "summary.json").read_text())["epochs"] == 3
-    r = crystal_cli(*args, "--epochs", "4", "--resume", "--lr", "0.5", "-o", str(out))
+    r = _cli(capsys, *args, "--epochs", "4", "--resume", "--lr", "0.5", "-o", str(out))
     assert r.returncode == 2 and "fit.lr" in r.stderr
 
 
