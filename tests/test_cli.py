@@ -1,4 +1,4 @@
-"""The `crystal` command line, end to end, in fresh interpreters."""
+"""The `crystal` command line, end to end in fresh interpreters (error paths in-process: no start-up cost)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ from pymatgen.core import Composition
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
 from support import crystal_cli
+
+
+def _inprocess(capsys, *args):
+    """``crystal ARGS`` in this interpreter (for error paths: no start-up cost), as a CompletedProcess."""
+    from types import SimpleNamespace
+
+    from crystal_cli.main import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
 
 def test_help_and_version():
@@ -53,7 +64,8 @@ def _pipeline(tmp_path, body: str):
     return p
 
 
-def test_validate_errors_exit_2_with_file_step_and_field(tmp_path):
+def test_validate_errors_exit_2_with_file_step_and_field(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in-process; nothing may be written in the cwd either
     p = _pipeline(
         tmp_path,
         """
@@ -68,28 +80,29 @@ potential = "chgnet"
 fmax = "tight"
 """,
     )
-    r = crystal_cli("validate", str(p))
+    r = _inprocess(capsys, "validate", str(p))
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and str(p) in r.stderr
     assert "step 'relax'" in r.stderr and "'fmax'" in r.stderr
     assert "Traceback" not in r.stderr
     p.write_text(p.read_text().replace('"tight"', "0.1").replace('"chgnet"', '"chgnett"'))
-    r = crystal_cli("validate", str(p))
+    r = _inprocess(capsys, "validate", str(p))
     assert r.returncode == 2 and "did you mean 'chgnet'" in r.stderr
-    r = crystal_cli("validate", str(p), "--set", "relax.potential='chgnet'")
+    r = _inprocess(capsys, "validate", str(p), "--set", "relax.potential='chgnet'")
     assert r.returncode == 0, r.stderr
     assert "valid" in r.stdout
 
 
-def test_malformed_and_missing_files_exit_2(tmp_path):
+def test_malformed_and_missing_files_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # in-process; nothing may be written in the cwd either
     bad = _pipeline(tmp_path, "[source\n")
-    r = crystal_cli("run", str(bad))
+    r = _inprocess(capsys, "run", str(bad))
     assert r.returncode == 2 and "malformed TOML" in r.stderr
-    r = crystal_cli("run", str(tmp_path / "nope.toml"))
+    r = _inprocess(capsys, "run", str(tmp_path / "nope.toml"))
     assert r.returncode == 2 and "cannot read pipeline file" in r.stderr
     empty = tmp_path / "empty.toml"
     empty.write_text("")
-    r = crystal_cli("validate", str(empty))
+    r = _inprocess(capsys, "validate", str(empty))
     assert r.returncode == 2 and "empty" in r.stderr
 
 

@@ -171,20 +171,31 @@ def test_bad_rows_are_skipped_and_reported(tmp_path: Path, small_csv: Path) -> N
     assert r.returncode == 1 and str(data) in r.stderr and "row 3: field 'cif'" in r.stderr
 
 
-def test_config_errors_exit_2(tmp_path: Path, small_csv: Path) -> None:
-    r = crystal_cli(
-        "train", "-e", "schnet", "--train", str(small_csv), "-t", "heat_ref", "-c", "bogus=1", "-o", str(tmp_path / "a")
+def test_config_errors_exit_2(tmp_path: Path, small_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    r = _cli(
+        capsys,
+        "train",
+        "-e",
+        "schnet",
+        "--train",
+        str(small_csv),
+        "-t",
+        "heat_ref",
+        "-c",
+        "bogus=1",
+        "-o",
+        str(tmp_path / "a"),
     )
     assert r.returncode == 2 and "bogus" in r.stderr
-    r = crystal_cli("train", "-e", "schnet", "--train", str(small_csv))
+    r = _cli(capsys, "train", "-e", "schnet", "--train", str(small_csv))
     assert r.returncode == 2 and "--target" in r.stderr
-    r = crystal_cli("train", "-e", "chgnet", "--train", str(small_csv), "-t", "heat_ref", "-o", str(tmp_path / "b"))
+    r = _cli(capsys, "train", "-e", "chgnet", "--train", str(small_csv), "-t", "heat_ref", "-o", str(tmp_path / "b"))
     assert r.returncode == 2 and "chgnet" in r.stderr
     toml = tmp_path / "run.toml"
     toml.write_text(
         f'encoder = "schnet"\n[[targets]]\nname = "heat_ref"\n[data]\ntrain = "{small_csv}"\n[optim]\nmomentum = 0.9\n'
     )
-    r = crystal_cli("train", str(toml))
+    r = _cli(capsys, "train", str(toml))
     # the [optim] table of older run files is read into [fit]
     assert r.returncode == 2 and f"{toml}: field 'fit'" in r.stderr and "momentum" in r.stderr
 
