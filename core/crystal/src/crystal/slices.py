@@ -5,8 +5,8 @@ the primitive cell, then one token group ``i j abc`` per bond, giving the two at
 and the periodic image of atom ``j`` seen from atom ``i`` (each of ``a``, ``b``, ``c`` is
 ``-``, ``o`` or ``+`` for -1, 0, +1; larger offsets are written ``2,-1,0``)::
 
-    >>> encode(srtio3, bonding="cutoff")        # doctest: +SKIP
-    'Sr Ti O O O 0 2 ooo 0 2 o-o ... 1 4 ooo'
+    >>> encode(srtio3)        # doctest: +SKIP
+    'O O O Ti Sr 0 3 ooo 0 3 oo+ 0 4 --o ... 2 4 ooo'
 
 The string is *canonical*: the graph alone (not the geometry it came from) fixes the atom
 order, the atoms' periodic images and the lattice basis the offsets refer to, so equal
@@ -15,8 +15,8 @@ graphs give equal strings. Permuting atoms, translating, rotating or taking a su
 
 :func:`decode` rebuilds a structure from the graph alone: the barycentric (equilibrium)
 placement of the periodic net, a lattice fitted to target bond lengths from covalent radii,
-then a relaxation of positions and lattice under harmonic bond springs and a soft repulsion
-between non-bonded pairs (torch, L-BFGS). Unlike the paper we do not finish with GULP or
+then a relaxation of positions and lattice under harmonic bond springs, ideal-angle springs
+in covalent frameworks and a soft repulsion between non-bonded pairs (torch, L-BFGS). Unlike the paper we do not finish with GULP or
 M3GNet, so bond lengths are those of the radii model.
 
 Importing this module does not import torch or pymatgen.
@@ -431,8 +431,10 @@ def decode(string: str, *, seed: int = 0, steps: int | None = None, config: Slic
 
     The barycentric placement fixes the fractional positions; the lattice metric is the
     least-squares fit of the edge lengths to the target bond lengths (Å); then positions
-    and lattice are relaxed for ``steps`` L-BFGS iterations under harmonic bond springs and
-    a soft repulsion between non-bonded pairs closer than ``repulsion_scale`` × target.
+    and lattice are relaxed for ``steps`` L-BFGS iterations under harmonic bond springs,
+    ideal-angle springs (``angle_weight``) and a soft repulsion between non-bonded pairs
+    closer than ``repulsion_scale`` × target. Raises :class:`SlicesError` for malformed
+    strings and graphs that are not one connected 3-periodic net.
     """
     import numpy as np
     import torch
